@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pageman_probe: allocation probes for pageman-harness.
+ *
+ * Write one request to /proc/pageman_probe, then read the reply from the
+ * same open file.  Requests:
+ *
+ *   alloc PATH SIZE [NODE]   PATH is kmalloc, kmalloc_node, kmalloc_large,
+ *                            kmalloc_large_node, pages_exact or
+ *                            pages_exact_nid
+ *   free HANDLE [SIZE]       kfree, or free_pages_exact with SIZE (default:
+ *                            the allocation's size)
+ *   snapshot                 free blocks per order only
+ *
+ * Each reply gives the free blocks per order, summed over all zones, just
+ * before and just after the request, with the per-CPU page lists drained
+ * both times so the counts are exact.  Objects are named by handle and by
+ * page frame number; no kernel pointer leaves the module.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/gfp.h>
+#include <linux/kernel.h>
+#include <linux/mm.h>
+#include <linux/mmzone.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/proc_fs.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <linux/version.h>
+
+#if defined(NR_PAGE_ORDERS)
+#define PROBE_ORDERS NR_PAGE_ORDERS
+#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+#define PROBE_ORDERS (MAX_ORDER + 1)	/* MAX_ORDER became inclusive */
+#else
+#define PROBE_ORDERS MAX_ORDER
+#endif
+
+#define PROBE_SLOTS 256
+#define PROBE_REPLY_SIZE 1024
+#define PROBE_REQUEST_SIZE 128
+#define PROBE_GFP (GFP_KERNEL | __GFP_NOWARN)
+
+enum probe_path {
+	PATH_KMALLOC,
+	PATH_KMALLOC_NODE,
+	PATH_KMALLOC_LARGE,
+	PATH_KMALLOC_LARGE_NODE,
+	PATH_PAGES_EXACT,
+	PATH_PAGES_EXACT_NID,
+};
+
+static const char *const path_names[] = {
+	[PATH_KMALLOC] = "kmalloc",
+	[PATH_KMALLOC_NODE] = "kmalloc_node",
+	[PATH_KMALLOC_LARGE] = "kmalloc_large",
+	[PATH_KMALLOC_LARGE_NODE] = "kmalloc_large_node",
+	[PATH_PAGES_EXACT] = "pages_exact",
+	[PATH_PAGES_EXACT_NID] = "pages_exact_nid",
+};
+
+struct probe_object {
+	void *ptr;
+	size_t size;
+	enum probe_path path;
+};
+
+static struct probe_object objects[PROBE_SLOTS];
+static DEFINE_MUTEX(probe_lock);
+
+struct probe_reply {
+	char buf[PROBE_REPLY_SIZE];
+	size_t len;
+};
+
+static __printf(2, 3) void reply_add(struct probe_reply *r, const char *fmt,
+				     ...)
+{
+	va_list args;
+
+	va_start(args, fmt);
+	r->len += vscnprintf(r->buf + r->len, sizeof(r->buf) - r->len, fmt,
+			     args);
+	va_end(args);
+}
+
+/* Free blocks per order over all zones, after draining per-CPU lists. */
+static void reply_free_blocks(struct probe_reply *r, const char *key)
+{
+	unsigned long counts[PROBE_ORDERS] = { 0 };
+	unsigned int order;
+	struct zone *zone;
+	int nid;
+
+	drain_all_pages(NULL);
+	for_each_online_node(nid) {
+		pg_data_t *pgdat = NODE_DATA(nid);
+
+		for (zone = pgdat->node_zones;
+		     zone < pgdat->node_zones + MAX_NR_ZONES; zone++) {
+			unsigned long flags;
+
+			if (!populated_zone(zone))
+				continue;
+			spin_lock_irqsave(&zone->lock, flags);
+			for (order = 0; order < PROBE_ORDERS; order++)
+				counts[order] += zone->free_area[order].nr_free;
+			spin_unlock_irqrestore(&zone->lock, flags);
+		}
+	}
+	reply_add(r, "%s", key);
+	for (order = 0; order < PROBE_ORDERS; order++)
+		reply_add(r, " %lu", counts[order]);
+	reply_add(r, "\n");
+}
+
+static void *probe_alloc(enum probe_path path, size_t size, int node)
+{
+	switch (path) {
+	case PATH_KMALLOC:
+		return kmalloc(size, PROBE_GFP);
+	case PATH_KMALLOC_NODE:
+		return kmalloc_node(size, PROBE_GFP, node);
+	case PATH_KMALLOC_LARGE:
+		return kmalloc_large(size, PROBE_GFP);
+	case PATH_KMALLOC_LARGE_NODE:
+		return kmalloc_large_node(size, PROBE_GFP, node);
+	case PATH_PAGES_EXACT:
+		return alloc_pages_exact(size, PROBE_GFP);
+	case PATH_PAGES_EXACT_NID:
+		return alloc_pages_exact_nid(node, size, PROBE_GFP);
+	}
+	return NULL;
+}
+
+static bool is_kmalloc_path(enum probe_path path)
+{
+	return path != PATH_PAGES_EXACT && path != PATH_PAGES_EXACT_NID;
+}
+
+static int do_alloc(struct probe_reply *r, char *args)
+{
+	char *name = strsep(&args, " ");
+	char *size_arg = strsep(&args, " ");
+	int node = NUMA_NO_NODE;
+	int path, slot;
+	size_t size;
+	void *ptr;
+
+	if (!name || !size_arg)
+		return -EINVAL;
+	path = match_string(path_names, ARRAY_SIZE(path_names), name);
+	if (path < 0)
+		return path;
+	if (kstrtoul(size_arg, 0, &size) || !size)
+		return -EINVAL;
+	if (args && kstrtoint(args, 0, &node))
+		return -EINVAL;
+	if (node != NUMA_NO_NODE && (node < 0 || node >= MAX_NUMNODES ||
+				     !node_online(node)))
+		return -EINVAL;
+	if ((path == PATH_KMALLOC_LARGE || path == PATH_KMALLOC_LARGE_NODE) &&
+	    size <= KMALLOC_MAX_CACHE_SIZE)
+		return -EINVAL;	/* the callee assumes a large size */
+	if (path == PATH_PAGES_EXACT_NID && node == NUMA_NO_NODE)
+		node = numa_mem_id();
+
+	for (slot = 0; slot < PROBE_SLOTS && objects[slot].ptr; slot++)
+		;
+	if (slot == PROBE_SLOTS)
+		return -ENOSPC;
+
+	reply_free_blocks(r, "free_before");
+	ptr = probe_alloc(path, size, node);
+	reply_free_blocks(r, "free_after");
+	if (!ptr)
+		return -ENOMEM;
+
+	objects[slot] = (struct probe_object){ ptr, size, path };
+	reply_add(r, "handle %d\npfn 0x%lx\n", slot,
+		  page_to_pfn(virt_to_page(ptr)));
+	return 0;
+}
+
+static int do_free(struct probe_reply *r, char *args)
+{
+	char *handle_arg = strsep(&args, " ");
+	struct probe_object *obj;
+	unsigned int slot;
+	size_t size;
+
+	if (!handle_arg || kstrtouint(handle_arg, 0, &slot))
+		return -EINVAL;
+	if (slot >= PROBE_SLOTS || !objects[slot].ptr)
+		return -ENOENT;	/* unknown handle or double free */
+	obj = &objects[slot];
+	size = obj->size;
+	if (args && (kstrtoul(args, 0, &size) || !size))
+		return -EINVAL;
+
+	reply_add(r, "pfn 0x%lx\n", page_to_pfn(virt_to_page(obj->ptr)));
+	reply_free_blocks(r, "free_before");
+	if (is_kmalloc_path(obj->path))
+		kfree(obj->ptr);
+	else
+		free_pages_exact(obj->ptr, size);
+	reply_free_blocks(r, "free_after");
+	obj->ptr = NULL;
+	return 0;
+}
+
+static int probe_execute(struct probe_reply *r, char *request)
+{
+	char *verb = strsep(&request, " ");
+
+	if (!strcmp(verb, "alloc"))
+		return do_alloc(r, request);
+	if (!strcmp(verb, "free"))
+		return do_free(r, request);
+	if (!strcmp(verb, "snapshot") && !request) {
+		reply_free_blocks(r, "free_after");
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static ssize_t probe_write(struct file *file, const char __user *ubuf,
+			   size_t count, loff_t *ppos)
+{
+	struct probe_reply *r = file->private_data;
+	char request[PROBE_REQUEST_SIZE];
+	int ret;
+
+	if (count >= sizeof(request))
+		return -EINVAL;
+	if (copy_from_user(request, ubuf, count))
+		return -EFAULT;
+	request[count] = '\0';
+	strim(request);
+
+	mutex_lock(&probe_lock);
+	r->len = 0;
+	reply_add(r, "orders %d\n", PROBE_ORDERS);
+	ret = probe_execute(r, request);
+	mutex_unlock(&probe_lock);
+	reply_add(r, "status %d\n", ret);
+	return count;
+}
+
+static ssize_t probe_read(struct file *file, char __user *ubuf, size_t count,
+			  loff_t *ppos)
+{
+	struct probe_reply *r = file->private_data;
+
+	return simple_read_from_buffer(ubuf, count, ppos, r->buf, r->len);
+}
+
+static int probe_open(struct inode *inode, struct file *file)
+{
+	file->private_data = kzalloc(sizeof(struct probe_reply), GFP_KERNEL);
+	return file->private_data ? 0 : -ENOMEM;
+}
+
+static int probe_release(struct inode *inode, struct file *file)
+{
+	kfree(file->private_data);
+	return 0;
+}
+
+static const struct proc_ops probe_ops = {
+	.proc_open = probe_open,
+	.proc_read = probe_read,
+	.proc_write = probe_write,
+	.proc_release = probe_release,
+	.proc_lseek = noop_llseek,
+};
+
+static int __init probe_init(void)
+{
+	if (!proc_create("pageman_probe", 0600, NULL, &probe_ops))
+		return -ENOMEM;
+	return 0;
+}
+
+/* Objects still held are freed so that unloading leaks nothing. */
+static void __exit probe_exit(void)
+{
+	int slot;
+
+	remove_proc_entry("pageman_probe", NULL);
+	for (slot = 0; slot < PROBE_SLOTS; slot++) {
+		if (!objects[slot].ptr)
+			continue;
+		if (is_kmalloc_path(objects[slot].path))
+			kfree(objects[slot].ptr);
+		else
+			free_pages_exact(objects[slot].ptr, objects[slot].size);
+	}
+}
+
+module_init(probe_init);
+module_exit(probe_exit);
+MODULE_DESCRIPTION("Allocation probes for pageman-harness");
+MODULE_LICENSE("GPL");
