@@ -85,11 +85,15 @@ type Counters struct {
 	PagesSaved   int64
 }
 
+// NoNode is NUMA_NO_NODE: the caller named no node.
+const NoNode = -1
+
 // Alloc is the model's prediction for one allocation.
 type Alloc struct {
 	Handle     int
 	Path       Path
 	Size       uint64
+	Node       int     // node asked for, NoNode for paths without one
 	Order      int     // order of the block taken from the buddy allocator
 	Kept       uint64  // pages the caller holds afterwards
 	Freed      []Block // blocks given back at once, in the order freed
@@ -97,12 +101,69 @@ type Alloc struct {
 	Fitted     bool    // Pageman kept a record of this block
 }
 
+// HasNode reports whether the path takes a node argument.
+func (p Path) HasNode() bool {
+	return p == KmallocNode || p == KmallocLargeNode || p == PagesExactNid
+}
+
+// Event is a trace event the model expects, with pages named by their
+// offset from the head of the allocation's block.
+type Event struct {
+	Name       string // kmalloc, kfree, mm_page_alloc, mm_page_free
+	Offset     uint64 // mm_page_*: first page, relative to the block head
+	Order      int    // mm_page_*
+	BytesReq   uint64 // kmalloc
+	BytesAlloc uint64 // kmalloc
+	Node       int    // kmalloc
+}
+
+func (e Event) String() string {
+	switch e.Name {
+	case "kmalloc":
+		return fmt.Sprintf("kmalloc bytes_req=%d bytes_alloc=%d node=%d", e.BytesReq, e.BytesAlloc, e.Node)
+	case "kfree":
+		return "kfree"
+	}
+	return fmt.Sprintf("%s +%d order=%d", e.Name, e.Offset, e.Order)
+}
+
+// Events returns the trace events the allocation produces, in order: the
+// block taken, the blocks given back, then (kmalloc paths) the kmalloc
+// event, which the kernel emits once the allocator has returned.
+func (a Alloc) Events() []Event {
+	ev := []Event{{Name: "mm_page_alloc", Order: a.Order}}
+	for _, b := range a.Freed {
+		ev = append(ev, Event{Name: "mm_page_free", Offset: b.Offset, Order: b.Order})
+	}
+	if a.Path.IsKmalloc() {
+		ev = append(ev, Event{Name: "kmalloc", BytesReq: a.Size, BytesAlloc: a.BytesAlloc, Node: a.Node})
+	}
+	return ev
+}
+
 // Free is the model's prediction for one free.
 type Free struct {
 	Handle int
+	Kfree  bool    // freed with kfree (emits a kfree event first)
 	Freed  []Block // blocks given back, in the order freed
 	Pages  uint64  // pages returned to the buddy allocator
 }
+
+// Events returns the trace events the free produces, in order.
+func (f Free) Events() []Event {
+	var ev []Event
+	if f.Kfree {
+		ev = append(ev, Event{Name: "kfree"})
+	}
+	for _, b := range f.Freed {
+		ev = append(ev, Event{Name: "mm_page_free", Offset: b.Offset, Order: b.Order})
+	}
+	return ev
+}
+
+// ErrZeroSize is returned for an allocation of 0 bytes, which the probe
+// refuses.
+var ErrZeroSize = errors.New("size 0")
 
 // ErrTooLarge is returned for a size above the largest order: the kernel
 // must fail the allocation cleanly.
@@ -160,12 +221,14 @@ func (m *Model) OrderFor(size uint64) int {
 	return order
 }
 
-// Alloc predicts an allocation of size bytes through path and records the
-// object under the next handle (handles count from 0, as the probe's do
-// while no object is freed; see Handle for the probe's slot reuse).
-func (m *Model) Alloc(path Path, size uint64) (Alloc, error) {
+// Alloc predicts an allocation of size bytes through path on node (NoNode
+// for none) and records the object under the lowest free handle.
+func (m *Model) Alloc(path Path, size uint64, node int) (Alloc, error) {
 	if size == 0 {
-		return Alloc{}, errors.New("size 0")
+		return Alloc{}, ErrZeroSize
+	}
+	if !path.HasNode() {
+		node = NoNode
 	}
 	if path.IsKmalloc() && size <= m.cfg.KmallocMaxCacheSize {
 		return Alloc{}, fmt.Errorf("%w: %d <= %d", ErrNotPageAllocator, size, m.cfg.KmallocMaxCacheSize)
@@ -175,7 +238,7 @@ func (m *Model) Alloc(path Path, size uint64) (Alloc, error) {
 		return Alloc{}, fmt.Errorf("%w: %d bytes needs order %d, largest is %d", ErrTooLarge, size, order, m.cfg.Orders-1)
 	}
 	need := m.Pages(size)
-	a := Alloc{Handle: m.slot(), Path: path, Size: size, Order: order}
+	a := Alloc{Handle: m.slot(), Path: path, Size: size, Node: node, Order: order}
 	whole := uint64(1) << order
 	switch {
 	case m.behaviour == Pageman && need < whole:
@@ -212,6 +275,22 @@ func (m *Model) slot() int {
 	}
 }
 
+// Discard forgets a live object as if it had never been allocated, for an
+// allocation the kernel failed where the model did not expect it to.
+func (m *Model) Discard(handle int) {
+	a, ok := m.live[handle]
+	if !ok {
+		return
+	}
+	if a.Fitted {
+		m.counters.FittedAllocs--
+		m.counters.Live--
+		m.counters.PagesKept -= int64(a.Kept)
+		m.counters.PagesSaved -= int64(uint64(1)<<a.Order - a.Kept)
+	}
+	delete(m.live, handle)
+}
+
 // Live returns the live object with the given handle.
 func (m *Model) Live(handle int) (Alloc, bool) {
 	a, ok := m.live[handle]
@@ -228,7 +307,7 @@ func (m *Model) Free(handle int, size uint64) (Free, error) {
 	if size == 0 {
 		size = a.Size
 	}
-	f := Free{Handle: handle}
+	f := Free{Handle: handle, Kfree: a.Path.IsKmalloc()}
 	switch {
 	case a.Fitted:
 		f.Freed = FreeAndFit(a.Order, a.Kept)

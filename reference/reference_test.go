@@ -66,11 +66,11 @@ func TestVanillaAndPagemanAgreeOnPagesExact(t *testing.T) {
 	for _, size := range []uint64{4096, 5*4096 + 1, 8 * 4096, 3 << 20} {
 		v, _ := New(testConfig, Vanilla)
 		p, _ := New(testConfig, Pageman)
-		va, err := v.Alloc(PagesExact, size)
+		va, err := v.Alloc(PagesExact, size, NoNode)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pa, _ := p.Alloc(PagesExact, size)
+		pa, _ := p.Alloc(PagesExact, size, NoNode)
 		if va.Kept != pa.Kept {
 			t.Errorf("size %d: vanilla keeps %d, pageman %d", size, va.Kept, pa.Kept)
 		}
@@ -84,7 +84,7 @@ func TestVanillaAndPagemanAgreeOnPagesExact(t *testing.T) {
 
 func TestKmallocKeepsWholeBlockWithoutPageman(t *testing.T) {
 	m, _ := New(testConfig, Vanilla)
-	a, err := m.Alloc(Kmalloc, 5*4096+1)
+	a, err := m.Alloc(Kmalloc, 5*4096+1, NoNode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestKmallocKeepsWholeBlockWithoutPageman(t *testing.T) {
 		t.Errorf("vanilla kmalloc(20481) = %+v", a)
 	}
 	p, _ := New(testConfig, Pageman)
-	a, _ = p.Alloc(Kmalloc, 5*4096+1)
+	a, _ = p.Alloc(Kmalloc, 5*4096+1, NoNode)
 	if a.Kept != 6 || a.BytesAlloc != 6*4096 || !a.Fitted {
 		t.Errorf("pageman kmalloc(20481) = %+v", a)
 	}
@@ -103,10 +103,10 @@ func TestKmallocKeepsWholeBlockWithoutPageman(t *testing.T) {
 
 func TestRejects(t *testing.T) {
 	m, _ := New(testConfig, Pageman)
-	if _, err := m.Alloc(Kmalloc, 8192); !errors.Is(err, ErrNotPageAllocator) {
+	if _, err := m.Alloc(Kmalloc, 8192, NoNode); !errors.Is(err, ErrNotPageAllocator) {
 		t.Errorf("kmalloc(8192): err = %v", err)
 	}
-	if _, err := m.Alloc(PagesExact, 4096<<10+1); !errors.Is(err, ErrTooLarge) {
+	if _, err := m.Alloc(PagesExact, 4096<<10+1, NoNode); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("above largest order: err = %v", err)
 	}
 	if _, err := m.Free(3, 0); err == nil {

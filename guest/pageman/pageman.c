@@ -22,6 +22,12 @@
 #include <linux/xarray.h>
 
 #define RECORD_ORDER_BITS 6
+/*
+ * A record is allocated in the caller's context: keep only the caller's
+ * freedom to sleep and do I/O, and never warn, as failing only means the
+ * block stays vanilla.
+ */
+#define RECORD_GFP_MASK (__GFP_RECLAIM | __GFP_IO | __GFP_FS | __GFP_HIGH)
 
 static DEFINE_XARRAY(records);
 
@@ -96,7 +102,7 @@ static unsigned long pageman_fit_block(struct page *page, unsigned int order,
 	if (!need || need >= (1UL << order))
 		return 0;
 	old = xa_store(&records, page_to_pfn(page), xa_mk_value(value),
-		       gfp & GFP_RECLAIM_MASK);
+		       (gfp & RECORD_GFP_MASK) | __GFP_NOWARN);
 	if (xa_is_err(old))
 		return 0;	/* no memory for the record: stay vanilla */
 	WARN_ON_ONCE(old);

@@ -11,11 +11,15 @@
  *   free HANDLE [SIZE]       kfree, or free_pages_exact with SIZE (default:
  *                            the allocation's size)
  *   snapshot                 free blocks per order only
+ *   info                     page size, orders, KMALLOC_MAX_CACHE_SIZE and
+ *                            online nodes, for the harness's model
  *
  * Each reply gives the free blocks per order, summed over all zones, just
  * before and just after the request, with the per-CPU page lists drained
- * both times so the counts are exact.  Objects are named by handle and by
- * page frame number; no kernel pointer leaves the module.
+ * both times so the counts are exact.  An allocation's reply names the
+ * block it took (head pfn, get_order() of the size, node of the head
+ * page).  Objects are named by handle and by page frame number; no kernel
+ * pointer leaves the module.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -180,8 +184,9 @@ static int do_alloc(struct probe_reply *r, char *args)
 		return -ENOMEM;
 
 	objects[slot] = (struct probe_object){ ptr, size, path };
-	reply_add(r, "handle %d\npfn 0x%lx\n", slot,
-		  page_to_pfn(virt_to_page(ptr)));
+	reply_add(r, "handle %d\npfn 0x%lx\norder %u\nnid %d\n", slot,
+		  page_to_pfn(virt_to_page(ptr)), get_order(size),
+		  page_to_nid(virt_to_page(ptr)));
 	return 0;
 }
 
@@ -222,6 +227,12 @@ static int probe_execute(struct probe_reply *r, char *request)
 		return do_free(r, request);
 	if (!strcmp(verb, "snapshot") && !request) {
 		reply_free_blocks(r, "free_after");
+		return 0;
+	}
+	if (!strcmp(verb, "info") && !request) {
+		reply_add(r, "page_size %lu\nkmalloc_max_cache_size %lu\nnodes %u\n",
+			  PAGE_SIZE, (unsigned long)KMALLOC_MAX_CACHE_SIZE,
+			  num_online_nodes());
 		return 0;
 	}
 	return -EINVAL;

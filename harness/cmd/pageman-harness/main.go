@@ -1,0 +1,147 @@
+// Command pageman-harness builds a kernel with an allocator patch series,
+// boots it in QEMU, runs allocation probes over SSH and checks every
+// number against the reference allocator. It is a thin layer of flags
+// over package runner.
+//
+//	pageman-harness run [flags]   the main job (see run --help)
+//	pageman-harness deps          install the host packages it needs
+//
+// Exit codes: 0 every check passed, 1 a check failed, 2 the harness could
+// not run (bad input, a build failure, a guest that never came up).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pageman/pageman-harness/harness/hostdeps"
+	"github.com/pageman/pageman-harness/harness/runner"
+)
+
+const usage = `usage: pageman-harness COMMAND [flags]
+
+commands:
+  run    build the kernel and modules, boot the guest, run the scenarios
+  deps   check and install (apt-get, as root) the host packages it needs
+
+Run "pageman-harness run --help" for the flags of run.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var code int
+	switch os.Args[1] {
+	case "run":
+		code = run(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	case "deps":
+		code = deps(ctx, os.Args[2:], os.Stderr)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "pageman-harness: unknown command %q\n\n%s", os.Args[1], usage)
+		code = 2
+	}
+	os.Exit(code)
+}
+
+// repeated is a flag that may be given more than once.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ",") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o runner.Options
+	var scenarios repeated
+	var verbose bool
+	fs.StringVar(&o.Root, "root", "", "the pageman-harness source tree (guest/, scenarios/); default: found from the working directory")
+	fs.StringVar(&o.KernelSrc, "kernel-src", "", "kernel tree to patch and build, e.g. ~/linux-6.5.3; the patch series is chosen by its version\n(default: Debian's linux-source-6.1, fetched with apt-get download)")
+	fs.StringVar(&o.KernelImage, "kernel-image", "", "prebuilt bzImage to boot instead of building one; its modules are built against its build tree")
+	fs.StringVar(&o.KernelBuild, "kernel-build", "", "build tree of --kernel-image (default: the tree the image sits in, TREE/arch/x86/boot/bzImage)")
+	fs.Var(&scenarios, "scenario", "scenario file to run; repeatable (default: every scenarios/*.scn)")
+	fs.StringVar(&o.ResultsDir, "results", "", "directory for results; each run writes RESULTS/<run>/ (default: ROOT/results)")
+	fs.StringVar(&o.Accel, "accel", "auto", "auto: KVM only once a trial boot proves it works, else TCG; kvm or tcg force one")
+	fs.StringVar(&o.Subject, "subject", "pageman", "patch series and module under test")
+	fs.StringVar(&o.CacheDir, "cache", runner.DefaultCacheDir(), "cache of kernel builds, modules, the u-root image and ccache")
+	fs.StringVar(&o.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
+	fs.IntVar(&o.Jobs, "jobs", 0, "make -j for the kernel build (default: CPUs+1)")
+	fs.DurationVar(&o.BootTimeout, "boot-timeout", 180*time.Second, "QEMU start to SSH ready")
+	fs.DurationVar(&o.StepTimeout, "step-timeout", 60*time.Second, "one command in the guest")
+	fs.BoolVar(&o.SkipDeps, "skip-deps", false, "do not check host packages")
+	fs.BoolVar(&verbose, "v", false, "log progress at debug level")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "pageman-harness run: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	o.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	o.Scenarios = scenarios
+	if o.Root == "" {
+		root, err := findRoot()
+		if err != nil {
+			fmt.Fprintf(stderr, "pageman-harness: %v\n", err)
+			return 2
+		}
+		o.Root = root
+	}
+	res := runner.Run(ctx, o)
+	res.PrintSummary(stdout)
+	fmt.Fprintf(stdout, "results: %s\n", filepath.Join(runner.Dir(o, res), "results.json"))
+	return res.ExitCode()
+}
+
+func deps(ctx context.Context, args []string, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintf(stderr, "pageman-harness deps takes no arguments\n")
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if err := hostdeps.Ensure(ctx, log, hostdeps.Packages); err != nil {
+		fmt.Fprintf(stderr, "pageman-harness deps: %v\n", err)
+		return 2
+	}
+	return 0
+}
+
+// findRoot walks up from the working directory to this project's go.mod.
+func findRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil &&
+			strings.Contains(string(b), "module github.com/pageman/pageman-harness\n") {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no pageman-harness source tree at or above %s: run from the repository or pass --root", dir)
+		}
+	}
+}

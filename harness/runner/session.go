@@ -1,0 +1,246 @@
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pageman/pageman-harness/harness/findings"
+	"github.com/pageman/pageman-harness/harness/guestssh"
+	"github.com/pageman/pageman-harness/harness/probe"
+	"github.com/pageman/pageman-harness/harness/procfs"
+	"github.com/pageman/pageman-harness/harness/report"
+	"github.com/pageman/pageman-harness/harness/scenario"
+	"github.com/pageman/pageman-harness/harness/vm"
+)
+
+// readyMarker is what the guest agent prints once SSH listens
+// (guest/agent). The first connection waits for it: user-mode networking
+// accepts TCP before the guest listens, and such attempts hang.
+const readyMarker = "pageman-agent: ssh ready"
+
+// bootFailures end the wait for the agent at once.
+var bootFailures = []string{"Kernel panic - not syncing", "pageman-agent: fatal"}
+
+// traceEvents are the kmem events every step records.
+var traceEvents = []string{"kmalloc", "kfree", "mm_page_alloc", "mm_page_free"}
+
+// session is one booted guest with an SSH connection to its agent.
+type session struct {
+	vm      *vm.VM
+	ssh     *guestssh.Client
+	tmp     string // QMP socket directory
+	console string // console log path
+	guest   scenario.Guest
+	orders  int
+	nodes   int
+	scanned int // console bytes already scanned for findings
+	// marks maps a step marker written to the kernel log to its step, so a
+	// finding on the console is tied to the step that was running.
+	marks map[string]stepRef
+}
+
+type stepRef struct{ scenario, mode, step string }
+
+// boot starts a guest and readies it: SSH up, probe module loaded,
+// tracing on, the guest's constants read.
+func (r *run) boot(ctx context.Context) (*session, error) {
+	r.boots++
+	console := filepath.Join(r.dir, "console.log")
+	if r.boots > 1 {
+		console = filepath.Join(r.dir, fmt.Sprintf("console-%d.log", r.boots))
+	}
+	if r.res.Console == "" {
+		r.res.Console = console
+	}
+	tmp, err := os.MkdirTemp("", "pageman-vm-")
+	if err != nil {
+		return nil, err
+	}
+	t := time.Now()
+	v, err := vm.Start(ctx, vm.Config{
+		QEMU: r.o.QEMU, Kernel: r.build.Image, Initramfs: r.initrd, Accel: r.accel.Name,
+		NUMANodes: 2, Dir: tmp, Console: console,
+	})
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("starting the guest: %w", err)
+	}
+	s := &session{vm: v, tmp: tmp, console: console, marks: map[string]stepRef{}}
+	r.res.QEMU = v.CommandLine()
+	if err := r.ready(ctx, s); err != nil {
+		s.close(r)
+		return nil, err
+	}
+	if r.boots == 1 {
+		r.res.Timings["boot_to_ssh"] = since(t)
+	}
+	return s, nil
+}
+
+func (r *run) ready(ctx context.Context, s *session) error {
+	bctx, cancel := context.WithTimeout(ctx, r.o.BootTimeout)
+	defer cancel()
+	m, err := s.vm.Console().WaitFor(bctx, 0, append([]string{readyMarker}, bootFailures...)...)
+	if err == nil && m != readyMarker {
+		err = fmt.Errorf("guest failed to boot (%q on the console)", m)
+	}
+	if err == nil {
+		var c *guestssh.Client
+		c, err = guestssh.WaitReady(bctx, s.vm.SSHAddr, r.clientKey, r.hostKey, 5*time.Second, s.vm.Alive)
+		s.ssh = c
+	}
+	if err != nil {
+		return fmt.Errorf("waiting for the guest agent (boot timeout %s): %w\nconsole %s, last lines:\n%s",
+			r.o.BootTimeout, err, s.console, s.vm.Console().Tail(25))
+	}
+	cmds := []string{"insmod /" + guestModuleDir + "/" + probeModule + ".ko", "write /sys/kernel/tracing/buffer_size_kb 4096"}
+	for _, e := range traceEvents {
+		cmds = append(cmds, "write /sys/kernel/tracing/events/kmem/"+e+"/enable 1")
+	}
+	for _, c := range cmds {
+		if _, err := r.guest(ctx, s, c); err != nil {
+			return fmt.Errorf("setting up the guest: %w", err)
+		}
+	}
+	obs, err := r.step(ctx, s, "", probe.Info)
+	if err != nil {
+		return fmt.Errorf("reading the guest's constants: %w", err)
+	}
+	zones, err := procfs.ParseBuddyinfo(obs.Buddyinfo)
+	if err != nil {
+		return fmt.Errorf("guest /proc/buddyinfo: %w", err)
+	}
+	s.orders = procfs.Orders(zones)
+	if obs.Reply.Orders != s.orders {
+		return fmt.Errorf("probe module counts %d orders, /proc/buddyinfo %d", obs.Reply.Orders, s.orders)
+	}
+	s.nodes = obs.Reply.Nodes
+	s.guest = scenario.Guest{PageSize: obs.Reply.PageSize, KmallocMaxCacheSize: obs.Reply.KmallocMaxCacheSize, Orders: s.orders}
+	r.o.Log.Info("guest ready", "orders", s.orders, "page_size", s.guest.PageSize,
+		"kmalloc_max_cache_size", s.guest.KmallocMaxCacheSize, "nodes", s.nodes)
+	return nil
+}
+
+// close scans what is left of the console, stops QEMU and removes the
+// session's temporary files.
+func (s *session) close(r *run) {
+	if s.ssh != nil {
+		s.ssh.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = s.vm.Stop(ctx)
+	r.scanConsole(s)
+	os.RemoveAll(s.tmp)
+}
+
+// guest runs one agent command with the step timeout.
+func (r *run) guest(ctx context.Context, s *session, command string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.o.StepTimeout)
+	defer cancel()
+	out, err := s.ssh.Run(ctx, command)
+	if err != nil {
+		return out, r.guestError(s, err)
+	}
+	return out, nil
+}
+
+// guestError adds what the console says when the guest stops answering.
+func (r *run) guestError(s *session, err error) error {
+	var exit *guestssh.ExitError
+	if errors.As(err, &exit) {
+		return err
+	}
+	state := "running"
+	if s.vm.Alive() != nil {
+		state = "exited"
+	}
+	return fmt.Errorf("%w (QEMU %s); console %s, last lines:\n%s", err, state, s.console, s.vm.Console().Tail(25))
+}
+
+// observation is what one step saw.
+type observation struct {
+	Reply     probe.Reply
+	Trace     string
+	Kmsg      string
+	Buddyinfo string
+	Meminfo   string
+	// Pageman's counters just before the request and just after it.
+	PagemanBefore, Pageman string
+}
+
+// step sends one probe request through the agent, writing mark to the
+// kernel log first.
+func (r *run) step(ctx context.Context, s *session, mark, request string) (*observation, error) {
+	arg, err := json.Marshal(map[string]string{"mark": mark, "request": request})
+	if err != nil {
+		return nil, err
+	}
+	out, err := r.guest(ctx, s, "step "+string(arg))
+	if err != nil {
+		return nil, err
+	}
+	var raw struct {
+		Probe, Trace, Kmsg, Buddyinfo, Meminfo, Pageman string
+		PagemanBefore                                   string `json:"pageman_before"`
+	}
+	if err := json.Unmarshal(out, &raw); err != nil {
+		return nil, fmt.Errorf("agent step reply: %w: %q", err, out)
+	}
+	reply, err := probe.ParseReply(raw.Probe)
+	if err != nil {
+		return nil, err
+	}
+	return &observation{Reply: reply, Trace: raw.Trace, Kmsg: raw.Kmsg, Buddyinfo: raw.Buddyinfo, Meminfo: raw.Meminfo,
+		PagemanBefore: raw.PagemanBefore, Pageman: raw.Pageman}, nil
+}
+
+// scanConsole reports the findings on the console since the last scan,
+// each tied to the step whose marker precedes it. Findings a step already
+// reported from its own kernel log are not repeated.
+func (r *run) scanConsole(s *session) {
+	text := s.vm.Console().String()
+	if s.scanned > len(text) {
+		return
+	}
+	seen := map[string]bool{}
+	for _, f := range r.res.Findings {
+		seen[f.Scenario+"|"+f.Mode+"|"+f.Step+"|"+f.Title] = true
+	}
+	// Start at a line boundary at or before the last scan's end.
+	from := strings.LastIndex(text[:s.scanned], "\n") + 1
+	var ref stepRef
+	for _, f := range findings.Scan(text[from:]) {
+		ref = s.refBefore(text[:from+f.Offset], ref)
+		key := ref.scenario + "|" + ref.mode + "|" + ref.step + "|" + f.Title
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		r.res.Findings = append(r.res.Findings, report.Finding{Kind: f.Kind, Title: f.Title,
+			Scenario: ref.scenario, Mode: ref.mode, Step: ref.step, Context: f.Context})
+	}
+	s.scanned = len(text)
+}
+
+// refBefore returns the step whose marker is the last one in text.
+func (s *session) refBefore(text string, def stepRef) stepRef {
+	i := strings.LastIndex(text, markPrefix)
+	if i < 0 {
+		return stepRef{step: "outside any step (boot or setup)"}
+	}
+	end := strings.IndexByte(text[i:], '\n')
+	if end < 0 {
+		end = len(text) - i
+	}
+	if ref, ok := s.marks[strings.TrimSpace(text[i:i+end])]; ok {
+		return ref
+	}
+	return def
+}

@@ -1,0 +1,456 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+
+	"github.com/pageman/pageman-harness/harness/findings"
+	"github.com/pageman/pageman-harness/harness/ftrace"
+	"github.com/pageman/pageman-harness/harness/guestssh"
+	"github.com/pageman/pageman-harness/harness/probe"
+	"github.com/pageman/pageman-harness/harness/procfs"
+	"github.com/pageman/pageman-harness/harness/report"
+	"github.com/pageman/pageman-harness/harness/scenario"
+	"github.com/pageman/pageman-harness/reference"
+)
+
+// mode is one way a scenario runs: the same steps with the module under
+// test loaded or not, each against the model of that behaviour.
+type mode struct {
+	name      string
+	behaviour reference.Behaviour
+	load      bool // load the subject's module for this mode
+}
+
+var (
+	vanilla       = mode{"vanilla", reference.Vanilla, false}
+	pagemanLoaded = mode{"pageman", reference.Pageman, true}
+)
+
+// markPrefix starts every step marker the agent writes to the kernel log.
+const markPrefix = "pageman-harness: step "
+
+// unit is one scenario run in one mode.
+type unit struct {
+	r       *run
+	s       *session
+	sc      *scenario.Scenario
+	mode    mode
+	model   *reference.Model
+	objects map[string]*object
+	order   []string // live object names in allocation order
+	// failedAsPredicted names the objects whose allocation failed, and
+	// whether the model predicted that.
+	failedAsPredicted map[string]bool
+	step    string   // the current step's label
+	counters reference.Counters // the model's counters after the last step
+	// Net free-page change over the unit, as the model predicts and as the
+	// steps measured it.
+	netExpected, netObserved int64
+}
+
+// object is a live allocation of the scenario.
+type object struct {
+	handle int    // the probe's handle
+	model  int    // the model's handle; -1 if the model predicted failure
+	pfn    uint64 // head page frame
+	order  int    // get_order() of its size
+	ptr    string // hashed pointer of its kmalloc event, to find its kfree
+}
+
+// errSessionLost marks an error after which the guest cannot go on.
+var errSessionLost = errors.New("guest session lost")
+
+// runUnit runs one scenario in one mode and reports whether the session
+// is still usable.
+func (r *run) runUnit(ctx context.Context, s *session, sc *scenario.Scenario, m mode) bool {
+	u := &unit{r: r, s: s, sc: sc, mode: m, objects: map[string]*object{}, failedAsPredicted: map[string]bool{}}
+	var err error
+	u.model, err = reference.New(reference.Config{PageSize: s.guest.PageSize, Orders: s.orders,
+		KmallocMaxCacheSize: s.guest.KmallocMaxCacheSize}, m.behaviour)
+	if err != nil {
+		u.step = "setup"
+		u.errorCheck("model", err)
+		return true
+	}
+	err = u.run(ctx)
+	r.scanConsole(s)
+	if err != nil {
+		u.errorCheck("guest", err)
+		return !errors.Is(err, errSessionLost)
+	}
+	return true
+}
+
+func (u *unit) run(ctx context.Context) error {
+	if u.mode.load {
+		u.step = "load " + pagemanModule
+		_, err := u.r.guest(ctx, u.s, "insmod /"+guestModuleDir+"/"+pagemanModule+".ko")
+		if err := u.lost(err); err != nil {
+			return err
+		}
+		u.check("module_loaded", true, err == nil, errText(err))
+		if err != nil {
+			return nil
+		}
+	}
+	for i, st := range u.sc.Steps {
+		u.step = fmt.Sprintf("%d %s", i+1, st)
+		var err error
+		switch st.Op {
+		case scenario.Alloc:
+			err = u.alloc(ctx, st)
+		case scenario.Free:
+			err = u.free(ctx, st.Object, st.Size)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// Objects the scenario left live are freed, and checked, like any other.
+	for len(u.order) > 0 {
+		name := u.order[0]
+		u.step = "cleanup free " + name
+		if err := u.free(ctx, name, scenario.Size{}); err != nil {
+			return err
+		}
+	}
+	u.step = "end"
+	u.check("all_pages_back", u.netExpected, u.netObserved,
+		"net change of free pages over all steps, each measured around its own request")
+	if u.mode.load {
+		u.step = "unload " + pagemanModule
+		_, err := u.r.guest(ctx, u.s, "rmmod "+pagemanModule)
+		if err := u.lost(err); err != nil {
+			return err
+		}
+		u.check("module_unloaded", true, err == nil, errText(err))
+	}
+	return nil
+}
+
+// alloc runs an allocation step.
+func (u *unit) alloc(ctx context.Context, st scenario.Step) error {
+	size, err := st.Size.Bytes(u.s.guest)
+	if err != nil {
+		u.errorCheck("size", err)
+		return nil
+	}
+	want, perr := u.model.Alloc(st.Path, size, st.Node)
+	wantStatus := "0"
+	switch {
+	case perr == nil:
+	case errors.Is(perr, reference.ErrTooLarge):
+		wantStatus = errnoName(-int(syscall.ENOMEM)) // the allocation must fail cleanly
+	default:
+		u.errorCheck("model", perr)
+		return nil
+	}
+	obs, err := u.probeStep(ctx, probe.Alloc(string(st.Path), size, st.Node))
+	if obs == nil {
+		return err
+	}
+	u.check("status", wantStatus, errnoName(obs.Reply.Status), "")
+	if obs.Reply.Status != 0 {
+		u.failedAsPredicted[st.Object] = perr != nil
+		if perr == nil {
+			u.model.Discard(want.Handle) // keep the model in step with the kernel
+			u.counters = u.model.Counters()
+		}
+		return nil
+	}
+	obj := &object{handle: obs.Reply.Handle, model: -1, pfn: obs.Reply.PFN, order: obs.Reply.Order}
+	u.objects[st.Object] = obj
+	u.order = append(u.order, st.Object)
+	if perr != nil {
+		return nil // allocated against the model: freed at cleanup, already failed
+	}
+	obj.model = want.Handle
+	events, kmalloc := blockEvents(obs.events, obj, true, func(e ftrace.Event) bool {
+		req, err := e.Uint("bytes_req")
+		return e.Name == "kmalloc" && err == nil && req == size
+	})
+	u.check("events", eventStrings(want.Events()), eventStrings(events), traceDetail(obs.events))
+	u.check("pages_kept", want.Kept, keptPages(events, obj.order), "2^order minus the pages freed inside the block during the step (mm_page_free)")
+	u.checkDelta(-int64(want.Kept), obs)
+	if st.Path.IsKmalloc() {
+		if kmalloc == nil {
+			u.check("bytes_alloc", want.BytesAlloc, "no kmalloc event from the probe", traceDetail(obs.events))
+		} else {
+			obj.ptr = kmalloc.Fields["ptr"]
+			got, _ := kmalloc.Uint("bytes_alloc")
+			node, _ := kmalloc.Int("node")
+			u.check("bytes_alloc", want.BytesAlloc, got, kmalloc.Line)
+			u.check("trace_node", int64(want.Node), node, kmalloc.Line)
+		}
+	}
+	if st.Node != reference.NoNode {
+		u.check("page_node", st.Node, obs.Reply.Node, fmt.Sprintf("node of pfn %#x", obj.pfn))
+	}
+	u.checkCounters(obs)
+	return nil
+}
+
+// free runs a free step; size zero frees with the allocation's size.
+func (u *unit) free(ctx context.Context, name string, sizeExpr scenario.Size) error {
+	obj := u.objects[name]
+	if obj == nil {
+		// Its allocation failed: as the model predicted (nothing to free),
+		// or against it (the alloc step has failed already).
+		u.check("nothing_to_free", u.failedAsPredicted[name], true, "the allocation failed against the model's prediction")
+		return nil
+	}
+	delete(u.objects, name)
+	for i, n := range u.order {
+		if n == name {
+			u.order = append(u.order[:i], u.order[i+1:]...)
+			break
+		}
+	}
+	var size uint64
+	if !sizeExpr.IsZero() {
+		var err error
+		if size, err = sizeExpr.Bytes(u.s.guest); err != nil {
+			u.errorCheck("size", err)
+			return nil
+		}
+	}
+	obs, err := u.probeStep(ctx, probe.Free(obj.handle, size))
+	if obs == nil {
+		return err
+	}
+	u.check("status", "0", errnoName(obs.Reply.Status), "")
+	if obj.model < 0 || obs.Reply.Status != 0 {
+		return nil
+	}
+	want, err := u.model.Free(obj.model, size)
+	if err != nil {
+		u.errorCheck("model", err)
+		return nil
+	}
+	events, _ := blockEvents(obs.events, obj, false, func(e ftrace.Event) bool {
+		return e.Name == "kfree" && obj.ptr != "" && e.Fields["ptr"] == obj.ptr
+	})
+	u.check("events", eventStrings(want.Events()), eventStrings(events), traceDetail(obs.events))
+	u.check("pages_freed", want.Pages, freedPages(events), "pages of the block freed during the step (mm_page_free)")
+	u.checkDelta(int64(want.Pages), obs)
+	u.checkCounters(obs)
+	return nil
+}
+
+// stepObservation is an observation with its trace parsed.
+type stepObservation struct {
+	*observation
+	events []ftrace.Event
+}
+
+// probeStep sends a request, checks the kernel log of the step, and parses
+// the trace. A nil observation means the step could not be made: with an
+// error the session is lost, without one the step has an error check.
+func (u *unit) probeStep(ctx context.Context, request string) (*stepObservation, error) {
+	mark := fmt.Sprintf("%s%s/%s#%s", markPrefix, u.sc.Name, u.mode.name, strings.Fields(u.step)[0])
+	u.s.marks[mark] = stepRef{u.sc.Name, u.mode.name, u.step}
+	obs, err := u.r.step(ctx, u.s, mark, request)
+	if err := u.lost(err); err != nil {
+		return nil, err
+	}
+	if err != nil {
+		u.errorCheck("probe", err)
+		return nil, nil
+	}
+	var titles []string
+	for _, f := range findings.Scan(obs.Kmsg) {
+		titles = append(titles, f.Kind+": "+f.Title)
+		u.r.res.Findings = append(u.r.res.Findings, report.Finding{Kind: f.Kind, Title: f.Title,
+			Scenario: u.sc.Name, Mode: u.mode.name, Step: u.step, Context: f.Context})
+	}
+	u.check("kernel_log", []string{}, append([]string{}, titles...), strings.TrimSpace(obs.Kmsg))
+	events, err := ftrace.Parse(obs.Trace)
+	if err != nil {
+		u.errorCheck("trace", err)
+	}
+	return &stepObservation{obs, events}, nil
+}
+
+// lost turns an error that ended the guest session into errSessionLost.
+func (u *unit) lost(err error) error {
+	if err == nil {
+		return nil
+	}
+	var exit *guestssh.ExitError
+	if errors.As(err, &exit) {
+		return nil
+	}
+	return fmt.Errorf("%w: %v", errSessionLost, err)
+}
+
+func (u *unit) checkDelta(want int64, obs *stepObservation) {
+	got := int64(probe.FreePages(obs.Reply.FreeAfter)) - int64(probe.FreePages(obs.Reply.FreeBefore))
+	u.netExpected += want
+	u.netObserved += got
+	u.check("free_pages_delta", want, got, fmt.Sprintf("free blocks per order before %v, after %v (per-CPU lists drained)",
+		obs.Reply.FreeBefore, obs.Reply.FreeAfter))
+}
+
+// checkCounters compares the change of Pageman's counters across the
+// request with the change the model predicts. Changes, not totals: other
+// kernel code may use Pageman's paths too while the module is loaded.
+func (u *unit) checkCounters(obs *stepObservation) {
+	if !u.mode.load {
+		return
+	}
+	c := u.model.Counters()
+	p := u.counters
+	u.counters = c
+	want := counterDelta([]int64{c.FittedAllocs - p.FittedAllocs, c.FittedFrees - p.FittedFrees,
+		c.Live - p.Live, c.PagesKept - p.PagesKept, c.PagesSaved - p.PagesSaved})
+	before, err1 := procfs.ParseKeyValues(obs.PagemanBefore)
+	after, err2 := procfs.ParseKeyValues(obs.Pageman)
+	if err := errors.Join(err1, err2); err != nil || obs.Pageman == "" || obs.PagemanBefore == "" {
+		u.check("pageman_counters", want, fmt.Sprintf("unreadable /proc/pageman (%v): before %q, after %q", err, obs.PagemanBefore, obs.Pageman), "")
+		return
+	}
+	var got []int64
+	for _, name := range counterNames {
+		got = append(got, after[name]-before[name])
+	}
+	u.check("pageman_counters", want, counterDelta(got), fmt.Sprintf("/proc/pageman before the request:\n%s\nafter:\n%s", obs.PagemanBefore, obs.Pageman))
+}
+
+// counterNames are /proc/pageman's counters, in the order they print.
+var counterNames = []string{"fitted_allocs", "fitted_frees", "live", "pages_kept", "pages_saved"}
+
+func counterDelta(d []int64) string {
+	var parts []string
+	for i, name := range counterNames {
+		parts = append(parts, fmt.Sprintf("%s%+d", name, d[i]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// check records a comparison; values are equal when they print the same.
+func (u *unit) check(name string, want, got any, detail string) {
+	status := report.Pass
+	if report.Show(want) != report.Show(got) {
+		status = report.Fail
+	} else {
+		detail = ""
+	}
+	u.r.res.Checks = append(u.r.res.Checks, report.Check{Scenario: u.sc.Name, Mode: u.mode.name, Step: u.step,
+		Name: name, Status: status, Expected: want, Observed: got, Detail: detail})
+}
+
+func (u *unit) errorCheck(name string, err error) {
+	u.r.res.Checks = append(u.r.res.Checks, report.Check{Scenario: u.sc.Name, Mode: u.mode.name, Step: u.step,
+		Name: name, Status: report.Error, Expected: "no error", Observed: err.Error()})
+}
+
+// blockEvents picks the trace events of one object: the page events inside
+// its block and the kmalloc or kfree event that match says is its own.
+// Page events are named by offset from the head, as the model names them.
+// The block's pages are the object's until someone allocates one of them
+// again: an alloc step's own mm_page_alloc is the first at the block's
+// head, a free step has none; any later one ends the object's events.
+func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.Event) bool) ([]reference.Event, *ftrace.Event) {
+	var out []reference.Event
+	var own *ftrace.Event
+	for i, e := range all {
+		switch e.Name {
+		case "mm_page_alloc", "mm_page_free":
+			pfn, err := e.Uint("pfn")
+			if err != nil || pfn < obj.pfn || pfn >= obj.pfn+1<<obj.order {
+				continue
+			}
+			if e.Name == "mm_page_alloc" {
+				if !alloc || pfn != obj.pfn {
+					return out, own // a page of the block reused
+				}
+				alloc = false
+			}
+			order, _ := e.Uint("order")
+			out = append(out, reference.Event{Name: e.Name, Offset: pfn - obj.pfn, Order: int(order)})
+		case "kmalloc", "kfree":
+			if !strings.Contains(e.Fields["call_site"], "[pageman_probe]") || !match(e) {
+				continue
+			}
+			own = &all[i]
+			ev := reference.Event{Name: e.Name}
+			if e.Name == "kmalloc" {
+				ev.BytesReq, _ = e.Uint("bytes_req")
+				ev.BytesAlloc, _ = e.Uint("bytes_alloc")
+				node, _ := e.Int("node")
+				ev.Node = int(node)
+			}
+			out = append(out, ev)
+		}
+	}
+	return out, own
+}
+
+func eventStrings(events []reference.Event) []string {
+	out := []string{}
+	for _, e := range events {
+		out = append(out, e.String())
+	}
+	return out
+}
+
+func freedPages(events []reference.Event) uint64 {
+	var n uint64
+	for _, e := range events {
+		if e.Name == "mm_page_free" {
+			n += 1 << e.Order
+		}
+	}
+	return n
+}
+
+func keptPages(events []reference.Event, order int) any {
+	for _, e := range events {
+		if e.Name == "mm_page_alloc" {
+			return int64(1)<<order - int64(freedPages(events))
+		}
+	}
+	return "no mm_page_alloc event at the block's head"
+}
+
+// traceDetail is the step's trace, for a failed event check.
+func traceDetail(events []ftrace.Event) string {
+	var b strings.Builder
+	b.WriteString("trace of the step:")
+	for i, e := range events {
+		if i == 40 {
+			fmt.Fprintf(&b, "\n... %d more", len(events)-40)
+			break
+		}
+		b.WriteString("\n" + strings.TrimSpace(e.Line))
+	}
+	return b.String()
+}
+
+func errnoName(status int) string {
+	if status == 0 {
+		return "0"
+	}
+	switch syscall.Errno(-status) {
+	case syscall.ENOMEM:
+		return "ENOMEM"
+	case syscall.EINVAL:
+		return "EINVAL"
+	case syscall.ENOENT:
+		return "ENOENT"
+	case syscall.ENOSPC:
+		return "ENOSPC"
+	}
+	return fmt.Sprintf("errno %d", -status)
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
