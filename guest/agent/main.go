@@ -239,7 +239,7 @@ func execute(command string, stdout, stderr io.Writer) int {
 	case "rmmod":
 		err = unix.DeleteModule(rest, unix.O_NONBLOCK)
 	case "mark":
-		err = os.WriteFile("/dev/kmsg", []byte(rest), 0)
+		err = os.WriteFile("/dev/kmsg", []byte(rest+"\n"), 0)
 	case "poweroff":
 		unix.Sync()
 		err = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
@@ -326,7 +326,9 @@ func step(arg string, w io.Writer) error {
 	}
 	defer kmsg.Close()
 	if req.Mark != "" {
-		if err := os.WriteFile("/dev/kmsg", []byte(req.Mark), 0); err != nil {
+		// The newline ends the record: an open record is neither readable
+		// nor printed until the next one starts.
+		if err := os.WriteFile("/dev/kmsg", []byte(req.Mark+"\n"), 0); err != nil {
 			return fmt.Errorf("step marker: %w", err)
 		}
 	}

@@ -175,6 +175,7 @@ type run struct {
 	hostKey   ssh.PublicKey
 	clientKey ssh.Signer
 	boots     int
+	rawSteps  int // steps whose raw observation went to steps/
 }
 
 func (r *run) execute(ctx context.Context) error {

@@ -45,8 +45,8 @@ type unit struct {
 	// failedAsPredicted names the objects whose allocation failed, and
 	// whether the model predicted that.
 	failedAsPredicted map[string]bool
-	step    string   // the current step's label
-	counters reference.Counters // the model's counters after the last step
+	step              string             // the current step's label
+	counters          reference.Counters // the model's counters after the last step
 	// Net free-page change over the unit, as the model predicts and as the
 	// steps measured it.
 	netExpected, netObserved int64

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -78,6 +79,8 @@ func proveKVM(ctx context.Context, qemu, kernel string) Accel {
 		"-accel", "kvm", "-cpu", cpuModel("kvm"), "-m", "256", "-kernel", kernel,
 		"-append", "console=ttyS0 panic=-1", "-serial", "stdio")
 	cmd.SysProcAttr = guardAttr()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr // QEMU's own errors say why KVM failed
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return Accel{"tcg", fmt.Sprintf("KVM trial not run: %v", err)}
@@ -85,12 +88,13 @@ func proveKVM(ctx context.Context, qemu, kernel string) Accel {
 	if err := cmd.Start(); err != nil {
 		return Accel{"tcg", fmt.Sprintf("KVM trial not run: %v", err)}
 	}
-	cmd.Stderr = c // QEMU's own errors say why KVM failed
 	go c.copyFrom(out)
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if _, err := c.WaitFor(ctx, 0, "Linux version"); err != nil {
+	_, err = c.WaitFor(ctx, 0, "Linux version")
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if err != nil {
 		return Accel{"tcg", fmt.Sprintf("/dev/kvm opens but a KVM guest printed no kernel banner within %s (%v; QEMU said: %q): KVM does not work here",
-			kvmProofDeadline, err, c.Tail(3))}
+			kvmProofDeadline, err, strings.TrimSpace(stderr.String()))}
 	}
 	return Accel{"kvm", fmt.Sprintf("KVM trial boot printed the kernel banner in %.1fs", time.Since(start).Seconds())}
 }

@@ -1,0 +1,90 @@
+package runner
+
+import (
+	"os"
+	"reflect"
+	"testing"
+
+	"github.com/pageman/pageman-harness/harness/ftrace"
+	"github.com/pageman/pageman-harness/harness/probe"
+	"github.com/pageman/pageman-harness/reference"
+)
+
+// The block events picked from a real trace of one step (kmalloc of 5
+// pages and a byte with Pageman loaded, then its kfree) are exactly the
+// events the model predicts for that step.
+func TestBlockEventsOfCapturedSteps(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	reply, err := probe.ParseReply(read("../probe/testdata/alloc.reply"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := reference.New(reference.Config{PageSize: 4096, Orders: reply.Orders, KmallocMaxCacheSize: 8192}, reference.Pageman)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 5*4096 + 1 // the step's request
+	want, err := m.Alloc(reference.Kmalloc, size, reference.NoNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := ftrace.Parse(read("../ftrace/testdata/kmalloc-5p1-pageman-alloc.trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := &object{pfn: reply.PFN, order: reply.Order}
+	got, kmalloc := blockEvents(events, obj, true, func(e ftrace.Event) bool {
+		req, _ := e.Uint("bytes_req")
+		return e.Name == "kmalloc" && req == size
+	})
+	if !reflect.DeepEqual(eventStrings(got), eventStrings(want.Events())) {
+		t.Errorf("alloc events\n got %v\nwant %v", eventStrings(got), eventStrings(want.Events()))
+	}
+	if kmalloc == nil {
+		t.Fatal("the probe's kmalloc event was not found")
+	}
+	if k := keptPages(got, obj.order); k != int64(want.Kept) {
+		t.Errorf("kept pages %v, model %d", k, want.Kept)
+	}
+
+	free, err := m.Free(want.Handle, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.ptr = kmalloc.Fields["ptr"]
+	events, err = ftrace.Parse(read("../ftrace/testdata/kmalloc-5p1-pageman-free.trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = blockEvents(events, obj, false, func(e ftrace.Event) bool {
+		return e.Name == "kfree" && e.Fields["ptr"] == obj.ptr
+	})
+	if !reflect.DeepEqual(eventStrings(got), eventStrings(free.Events())) {
+		t.Errorf("free events\n got %v\nwant %v", eventStrings(got), eventStrings(free.Events()))
+	}
+	if n := freedPages(got); n != free.Pages {
+		t.Errorf("freed %d pages, model %d", n, free.Pages)
+	}
+}
+
+// A page of the block allocated again by someone else ends the object's
+// events: what follows is not the object's.
+func TestBlockEventsStopAtReuse(t *testing.T) {
+	events, err := ftrace.Parse(` a-1 [000] ..... 1.0: mm_page_free: page=x pfn=0x100 order=2
+ a-1 [000] ..... 1.1: mm_page_alloc: page=x pfn=0x100 order=2 migratetype=0 gfp_flags=GFP_KERNEL
+ a-1 [000] ..... 1.2: mm_page_free: page=x pfn=0x103 order=0
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := blockEvents(events, &object{pfn: 0x100, order: 2}, false, func(ftrace.Event) bool { return false })
+	if want := []string{"mm_page_free +0 order=2"}; !reflect.DeepEqual(eventStrings(got), want) {
+		t.Errorf("got %v, want %v", eventStrings(got), want)
+	}
+}
