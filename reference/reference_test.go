@@ -119,3 +119,21 @@ func BenchmarkFitAndFree(b *testing.B) {
 		FitAndFree(10, 513)
 	}
 }
+
+// BenchmarkModelScenario predicts a scenario of 64 allocations over every
+// path and their frees, as the harness does once per mode.
+func BenchmarkModelScenario(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		m, _ := New(testConfig, Pageman)
+		for j := 0; j < 64; j++ {
+			if _, err := m.Alloc(Paths[j%len(Paths)], uint64(3+j%50)*4096+1, NoNode); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for h := 63; h >= 0; h-- {
+			if _, err := m.Free(h, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

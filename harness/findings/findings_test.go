@@ -16,3 +16,14 @@ func TestCleanConsoleHasNoFindings(t *testing.T) {
 		t.Errorf("findings in a clean console: %+v", f)
 	}
 }
+
+func BenchmarkScanCapturedConsole(b *testing.B) {
+	data, err := os.ReadFile("testdata/clean-run.console")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for i := 0; i < b.N; i++ {
+		Scan(string(data))
+	}
+}

@@ -79,3 +79,16 @@ func TestParseErrors(t *testing.T) {
 		t.Error("missing field parsed")
 	}
 }
+
+func BenchmarkParseCapturedStep(b *testing.B) {
+	data, err := os.ReadFile("testdata/kmalloc-5p1-pageman-alloc.trace")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for i := 0; i < b.N; i++ {
+		if _, err := Parse(string(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

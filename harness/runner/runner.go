@@ -186,6 +186,8 @@ func (r *run) execute(ctx context.Context) error {
 	if err := r.prepare(ctx); err != nil {
 		return err
 	}
+	t := time.Now()
+	defer func() { r.res.Timings["scenarios"] = since(t) }()
 	var s *session
 	defer func() {
 		if s != nil {

@@ -96,8 +96,11 @@ func (r *run) ready(ctx context.Context, s *session) error {
 		s.ssh = c
 	}
 	if err != nil {
-		return fmt.Errorf("waiting for the guest agent (boot timeout %s): %w\nconsole %s, last lines:\n%s",
-			r.o.BootTimeout, err, s.console, s.vm.Console().Tail(25))
+		return fmt.Errorf("waiting for the guest agent (boot timeout %s): %w (%s)\nconsole %s, last lines:\n%s",
+			r.o.BootTimeout, err, s.state(), s.console, s.vm.Console().Tail(25))
+	}
+	if st, err := s.vm.Status(bctx); err != nil || st != "running" {
+		return fmt.Errorf("guest answers SSH but QMP query-status says %q (%v)", st, err)
 	}
 	cmds := []string{"insmod /" + guestModuleDir + "/" + probeModule + ".ko", "write /sys/kernel/tracing/buffer_size_kb 4096"}
 	for _, e := range traceEvents {
@@ -157,11 +160,21 @@ func (r *run) guestError(s *session, err error) error {
 	if errors.As(err, &exit) {
 		return err
 	}
-	state := "running"
-	if s.vm.Alive() != nil {
-		state = "exited"
+	return fmt.Errorf("%w (%s); console %s, last lines:\n%s", err, s.state(), s.console, s.vm.Console().Tail(25))
+}
+
+// state says how QEMU is: exited, or its run state from QMP.
+func (s *session) state() string {
+	if err := s.vm.Alive(); err != nil {
+		return err.Error()
 	}
-	return fmt.Errorf("%w (QEMU %s); console %s, last lines:\n%s", err, state, s.console, s.vm.Console().Tail(25))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := s.vm.Status(ctx)
+	if err != nil {
+		return "QEMU running, QMP: " + err.Error()
+	}
+	return "QEMU running, guest " + st
 }
 
 // observation is what one step saw.

@@ -93,7 +93,7 @@ func proveKVM(ctx context.Context, qemu, kernel string) Accel {
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	if err != nil {
-		return Accel{"tcg", fmt.Sprintf("/dev/kvm opens but a KVM guest printed no kernel banner within %s (%v; QEMU said: %q): KVM does not work here",
+		return Accel{"tcg", fmt.Sprintf("/dev/kvm opens but a KVM trial guest printed no kernel banner (deadline %s): %v; QEMU said %q: KVM does not work here",
 			kvmProofDeadline, err, strings.TrimSpace(stderr.String()))}
 	}
 	return Accel{"kvm", fmt.Sprintf("KVM trial boot printed the kernel banner in %.1fs", time.Since(start).Seconds())}
