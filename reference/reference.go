@@ -74,7 +74,9 @@ type Block struct {
 	Order  int
 }
 
-func (b Block) String() string { return fmt.Sprintf("[%d,%d)o%d", b.Offset, b.Offset+1<<b.Order, b.Order) }
+func (b Block) String() string {
+	return fmt.Sprintf("[%d,%d)o%d", b.Offset, b.Offset+1<<b.Order, b.Order)
+}
 
 // Counters are the values /proc/pageman must show.
 type Counters struct {
