@@ -17,6 +17,8 @@
 //	insmod FILE [ARGS]  load a module
 //	rmmod NAME        unload a module
 //	mark TEXT         write TEXT to the kernel log (/dev/kmsg)
+//	kill-ssh          stop serving SSH, as if the server died (for the
+//	                  harness's own tests)
 //	poweroff          power the guest off
 //
 // Anything else is run as a program, its words split on spaces.
@@ -35,6 +37,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -59,8 +62,11 @@ func main() {
 		log.Printf("fatal: %v", err)
 	}
 	// Returning would end u-root's init and panic the kernel: the host
-	// sees the error above on the console and times out with it.
-	select {}
+	// sees the error above on the console and times out with it. (A bare
+	// select{} with no other goroutine is a deadlock the runtime kills.)
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 func run() error {
@@ -76,14 +82,53 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	server.listener = ln
 	fmt.Println(readyMarker)
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
+			if server.killed() {
+				return nil // as asked: serve nothing more, stay up
+			}
 			return fmt.Errorf("accept: %w", err)
 		}
+		server.track(conn)
 		go serveConn(conn, cfg)
 	}
+}
+
+// server is the agent's SSH service, which "fault kill-ssh" ends.
+var server sshService
+
+type sshService struct {
+	mu       sync.Mutex
+	listener net.Listener
+	conns    []net.Conn
+	dead     bool
+}
+
+func (s *sshService) track(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns = append(s.conns, c)
+}
+
+func (s *sshService) killed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dead
+}
+
+// kill closes the listener and every connection, as if sshd had died.
+func (s *sshService) kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dead = true
+	s.listener.Close()
+	for _, c := range s.conns {
+		c.Close()
+	}
+	log.Printf("ssh server stopped on request")
 }
 
 // mountFilesystems mounts what the requests read; u-root's init mounts
@@ -240,6 +285,8 @@ func execute(command string, stdout, stderr io.Writer) int {
 		err = unix.DeleteModule(rest, unix.O_NONBLOCK)
 	case "mark":
 		err = os.WriteFile("/dev/kmsg", []byte(rest+"\n"), 0)
+	case "kill-ssh":
+		server.kill() // this command's own connection too: no reply
 	case "poweroff":
 		unix.Sync()
 		err = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)

@@ -13,6 +13,10 @@
  *   snapshot                 free blocks per order only
  *   info                     page size, orders, KMALLOC_MAX_CACHE_SIZE and
  *                            online nodes, for the harness's model
+ *   fault KIND               break the kernel on purpose, so the harness's
+ *                            own tests can show it reports a broken kernel:
+ *                            warn (WARN), oops (NULL dereference) or hang
+ *                            (spin with preemption off)
  *
  * Each reply gives the free blocks per order, summed over all zones, just
  * before and just after the request, with the per-CPU page lists drained
@@ -217,6 +221,28 @@ static int do_free(struct probe_reply *r, char *args)
 	return 0;
 }
 
+static int do_fault(const char *kind)
+{
+	static int *volatile nowhere;
+
+	if (!kind)
+		return -EINVAL;
+	if (!strcmp(kind, "warn")) {
+		WARN(1, "pageman_probe: fault injected on request");
+		return 0;
+	}
+	if (!strcmp(kind, "oops")) {
+		*nowhere = 1;
+		return 0;
+	}
+	if (!strcmp(kind, "hang")) {
+		preempt_disable();
+		for (;;)
+			cpu_relax();
+	}
+	return -EINVAL;
+}
+
 static int probe_execute(struct probe_reply *r, char *request)
 {
 	char *verb = strsep(&request, " ");
@@ -229,6 +255,8 @@ static int probe_execute(struct probe_reply *r, char *request)
 		reply_free_blocks(r, "free_after");
 		return 0;
 	}
+	if (!strcmp(verb, "fault"))
+		return do_fault(request);
 	if (!strcmp(verb, "info") && !request) {
 		reply_add(r, "page_size %lu\nkmalloc_max_cache_size %lu\nnodes %u\n",
 			  PAGE_SIZE, (unsigned long)KMALLOC_MAX_CACHE_SIZE,

@@ -236,7 +236,11 @@ func (r *Results) PrintSummary(w io.Writer) {
 	}
 	titles := map[string]int{}
 	for _, f := range r.Findings {
-		titles[f.Kind+": "+f.Title+" ("+f.Scenario+"/"+f.Mode+" "+f.Step+")"]++
+		where := f.Step
+		if f.Scenario != "" {
+			where = f.Scenario + "/" + f.Mode + " " + f.Step
+		}
+		titles[f.Kind+": "+f.Title+" ("+where+")"]++
 	}
 	var ts []string
 	for t := range titles {

@@ -40,14 +40,21 @@ type Options struct {
 	Scenarios   []string // scenario files; default Root/scenarios/*.scn
 	Accel       string   // auto (default), kvm or tcg
 	Subject     string   // patch series and module under test; default "pageman"
+	// Module replaces the subject's module directory (guest/pageman) with
+	// another out-of-tree module, e.g. a deliberately broken one.
+	Module string
+	// Cmdline is added to the guest's kernel command line.
+	Cmdline string
 	QEMU        string   // default qemu-system-x86_64
 	Jobs        int      // make -j for the kernel; default CPUs+1
 	SkipDeps    bool     // do not check host packages
 	Log         *slog.Logger
-	// BootTimeout bounds QEMU start to SSH ready; default 180s (TCG on a
-	// loaded 2-core host takes 10-20s).
+	// BootTimeout bounds QEMU start to SSH ready. Zero: derived. The first
+	// boot gets 180s under TCG (4-9s measured on a loaded 2-core host) or
+	// 60s under KVM; later boots get 5 times the first one plus 10s.
 	BootTimeout time.Duration
-	// StepTimeout bounds one guest command; default 60s.
+	// StepTimeout bounds one guest command. Zero: derived, 100 times the
+	// measured round trip of a probe request, at least 15s, at most 120s.
 	StepTimeout time.Duration
 }
 
@@ -72,12 +79,6 @@ func (o *Options) defaults() error {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if o.BootTimeout == 0 {
-		o.BootTimeout = 180 * time.Second
-	}
-	if o.StepTimeout == 0 {
-		o.StepTimeout = 60 * time.Second
 	}
 	return nil
 }
@@ -115,7 +116,6 @@ const (
 	guestModuleDir = "lib/pageman"
 	guestHostKey   = "etc/pageman/ssh_host_ed25519_key"
 	guestAuthKey   = "etc/pageman/authorized_key"
-	pagemanModule  = "pageman"
 	probeModule    = "pageman_probe"
 )
 
@@ -175,7 +175,40 @@ type run struct {
 	hostKey   ssh.PublicKey
 	clientKey ssh.Signer
 	boots     int
-	rawSteps  int // steps whose raw observation went to steps/
+	rawSteps  int           // steps whose raw observation went to steps/
+	firstBoot time.Duration // QEMU start to SSH ready, measured
+	module    string        // name of the module under test
+}
+
+// Bounds of the derived timeouts.
+const (
+	minStepTimeout = 15 * time.Second
+	maxStepTimeout = 120 * time.Second
+	// setupTimeout bounds guest commands before the round trip is known.
+	setupTimeout = 60 * time.Second
+)
+
+// bootTimeout is the bound on the next boot: the user's, or derived from
+// the accelerator and the first boot.
+func (r *run) bootTimeout() time.Duration {
+	switch {
+	case r.o.BootTimeout > 0:
+		return r.o.BootTimeout
+	case r.firstBoot > 0:
+		return 5*r.firstBoot + 10*time.Second
+	case r.accel.Name == "kvm":
+		return 60 * time.Second
+	}
+	return 180 * time.Second
+}
+
+// stepTimeout derives the bound on one guest command from the measured
+// round trip of a probe request.
+func (r *run) stepTimeout(rtt time.Duration) time.Duration {
+	if r.o.StepTimeout > 0 {
+		return r.o.StepTimeout
+	}
+	return min(max(100*rtt, minStepTimeout), maxStepTimeout)
 }
 
 func (r *run) execute(ctx context.Context) error {
@@ -195,10 +228,11 @@ func (r *run) execute(ctx context.Context) error {
 		}
 	}()
 	for _, sc := range scenarios {
-		for _, mode := range []mode{vanilla, pagemanLoaded} {
+		for _, name := range sc.Modes {
+			mode := modes[name]
 			if s == nil {
 				if s, err = r.boot(ctx); err != nil {
-					return err
+					return r.bootFailed(sc, mode, err)
 				}
 			}
 			if alive := r.runUnit(ctx, s, sc, mode); !alive {
@@ -235,6 +269,11 @@ func (r *run) prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.Module != "" {
+		if subj.module, err = filepath.Abs(o.Module); err != nil {
+			return err
+		}
+	}
 	if !o.SkipDeps {
 		if err := hostdeps.Ensure(ctx, log, hostdeps.Packages); err != nil {
 			return fmt.Errorf("host packages: %w", err)
@@ -264,6 +303,12 @@ func (r *run) prepare(ctx context.Context) error {
 		kos, err := kernel.BuildModule(ctx, r.build, dir, o.CacheDir, o.Jobs)
 		if err != nil {
 			return err
+		}
+		if dir == subj.module {
+			if len(kos) != 1 {
+				return fmt.Errorf("module directory %s built %d modules, want one", dir, len(kos))
+			}
+			r.module = strings.TrimSuffix(filepath.Base(kos[0]), ".ko")
 		}
 		for _, ko := range kos {
 			data, err := os.ReadFile(ko)

@@ -40,6 +40,9 @@ type session struct {
 	orders  int
 	nodes   int
 	scanned int // console bytes already scanned for findings
+	// timeout bounds one guest command: setupTimeout until a probe round
+	// trip is measured, then derived from it.
+	timeout time.Duration
 	// marks maps a step marker written to the kernel log to its step, so a
 	// finding on the console is tied to the step that was running.
 	marks map[string]stepRef
@@ -65,26 +68,24 @@ func (r *run) boot(ctx context.Context) (*session, error) {
 	t := time.Now()
 	v, err := vm.Start(ctx, vm.Config{
 		QEMU: r.o.QEMU, Kernel: r.build.Image, Initramfs: r.initrd, Accel: r.accel.Name,
-		NUMANodes: 2, Dir: tmp, Console: console,
+		NUMANodes: 2, Dir: tmp, Console: console, Cmdline: r.o.Cmdline,
 	})
 	if err != nil {
 		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("starting the guest: %w", err)
 	}
-	s := &session{vm: v, tmp: tmp, console: console, marks: map[string]stepRef{}}
+	s := &session{vm: v, tmp: tmp, console: console, marks: map[string]stepRef{}, timeout: setupTimeout}
 	r.res.QEMU = v.CommandLine()
-	if err := r.ready(ctx, s); err != nil {
+	if err := r.ready(ctx, s, t); err != nil {
 		s.close(r)
 		return nil, err
-	}
-	if r.boots == 1 {
-		r.res.Timings["boot_to_ssh"] = since(t)
 	}
 	return s, nil
 }
 
-func (r *run) ready(ctx context.Context, s *session) error {
-	bctx, cancel := context.WithTimeout(ctx, r.o.BootTimeout)
+func (r *run) ready(ctx context.Context, s *session, started time.Time) error {
+	limit := r.bootTimeout()
+	bctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	m, err := s.vm.Console().WaitFor(bctx, 0, append([]string{readyMarker}, bootFailures...)...)
 	if err == nil && m != readyMarker {
@@ -97,7 +98,11 @@ func (r *run) ready(ctx context.Context, s *session) error {
 	}
 	if err != nil {
 		return fmt.Errorf("waiting for the guest agent (boot timeout %s): %w (%s)\nconsole %s, last lines:\n%s",
-			r.o.BootTimeout, err, s.state(), s.console, s.vm.Console().Tail(25))
+			limit, err, s.state(), s.console, s.vm.Console().Tail(25))
+	}
+	if r.firstBoot == 0 {
+		r.firstBoot = time.Since(started)
+		r.res.Timings["boot_to_ssh"] = since(started)
 	}
 	if st, err := s.vm.Status(bctx); err != nil || st != "running" {
 		return fmt.Errorf("guest answers SSH but QMP query-status says %q (%v)", st, err)
@@ -111,10 +116,15 @@ func (r *run) ready(ctx context.Context, s *session) error {
 			return fmt.Errorf("setting up the guest: %w", err)
 		}
 	}
+	t := time.Now()
 	obs, err := r.step(ctx, s, "", probe.Info)
 	if err != nil {
 		return fmt.Errorf("reading the guest's constants: %w", err)
 	}
+	rtt := time.Since(t)
+	s.timeout = r.stepTimeout(rtt)
+	r.res.Timings["probe_round_trip"] = rtt.Round(time.Millisecond).String()
+	r.res.Timings["step_timeout"] = s.timeout.String()
 	zones, err := procfs.ParseBuddyinfo(obs.Buddyinfo)
 	if err != nil {
 		return fmt.Errorf("guest /proc/buddyinfo: %w", err)
@@ -126,7 +136,7 @@ func (r *run) ready(ctx context.Context, s *session) error {
 	s.nodes = obs.Reply.Nodes
 	s.guest = scenario.Guest{PageSize: obs.Reply.PageSize, KmallocMaxCacheSize: obs.Reply.KmallocMaxCacheSize, Orders: s.orders}
 	r.o.Log.Info("guest ready", "orders", s.orders, "page_size", s.guest.PageSize,
-		"kmalloc_max_cache_size", s.guest.KmallocMaxCacheSize, "nodes", s.nodes)
+		"kmalloc_max_cache_size", s.guest.KmallocMaxCacheSize, "nodes", s.nodes, "step_timeout", s.timeout)
 	return nil
 }
 
@@ -145,14 +155,20 @@ func (s *session) close(r *run) {
 
 // guest runs one agent command with the step timeout.
 func (r *run) guest(ctx context.Context, s *session, command string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.o.StepTimeout)
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	out, err := s.ssh.Run(ctx, command)
+	out, err := s.ssh.Run(cctx, command)
 	if err != nil {
+		if cctx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w: no reply within %s: %w", errNoReply, s.timeout, err)
+		}
 		return out, r.guestError(s, err)
 	}
 	return out, nil
 }
+
+// errNoReply is a guest command that outlived the step timeout.
+var errNoReply = errors.New("guest stopped answering")
 
 // guestError adds what the console says when the guest stops answering.
 func (r *run) guestError(s *session, err error) error {

@@ -25,10 +25,11 @@ type mode struct {
 	load      bool // load the subject's module for this mode
 }
 
-var (
-	vanilla       = mode{"vanilla", reference.Vanilla, false}
-	pagemanLoaded = mode{"pageman", reference.Pageman, true}
-)
+// modes by the name a scenario gives them (scenario.Modes).
+var modes = map[string]mode{
+	"vanilla": {"vanilla", reference.Vanilla, false},
+	"pageman": {"pageman", reference.Pageman, true},
+}
 
 // markPrefix starts every step marker the agent writes to the kernel log.
 const markPrefix = "pageman-harness: step "
@@ -76,19 +77,29 @@ func (r *run) runUnit(ctx context.Context, s *session, sc *scenario.Scenario, m 
 		u.errorCheck("model", err)
 		return true
 	}
+	consoleAt, findingsAt := s.vm.Console().Len(), len(r.res.Findings)
 	err = u.run(ctx)
-	r.scanConsole(s)
-	if err != nil {
+	switch {
+	case ctx.Err() != nil:
+		u.errorCheck("interrupted", ctx.Err())
+		return false
+	case errors.Is(err, errSessionLost):
+		u.sessionLost(err, consoleAt, findingsAt)
+		return false
+	case err != nil:
 		u.errorCheck("guest", err)
-		return !errors.Is(err, errSessionLost)
 	}
+	r.scanConsole(s)
 	return true
 }
 
 func (u *unit) run(ctx context.Context) error {
 	if u.mode.load {
-		u.step = "load " + pagemanModule
-		_, err := u.r.guest(ctx, u.s, "insmod /"+guestModuleDir+"/"+pagemanModule+".ko")
+		u.step = "load " + u.r.module
+		_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
+		if err == nil {
+			_, err = u.r.guest(ctx, u.s, "insmod /"+guestModuleDir+"/"+u.r.module+".ko")
+		}
 		if err := u.lost(err); err != nil {
 			return err
 		}
@@ -105,6 +116,8 @@ func (u *unit) run(ctx context.Context) error {
 			err = u.alloc(ctx, st)
 		case scenario.Free:
 			err = u.free(ctx, st.Object, st.Size)
+		case scenario.Fault:
+			err = u.fault(ctx, st.Fault)
 		}
 		if err != nil {
 			return err
@@ -122,8 +135,11 @@ func (u *unit) run(ctx context.Context) error {
 	u.check("all_pages_back", u.netExpected, u.netObserved,
 		"net change of free pages over all steps, each measured around its own request")
 	if u.mode.load {
-		u.step = "unload " + pagemanModule
-		_, err := u.r.guest(ctx, u.s, "rmmod "+pagemanModule)
+		u.step = "unload " + u.r.module
+		_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
+		if err == nil {
+			_, err = u.r.guest(ctx, u.s, "rmmod "+u.r.module)
+		}
 		if err := u.lost(err); err != nil {
 			return err
 		}
@@ -251,9 +267,7 @@ type stepObservation struct {
 // the trace. A nil observation means the step could not be made: with an
 // error the session is lost, without one the step has an error check.
 func (u *unit) probeStep(ctx context.Context, request string) (*stepObservation, error) {
-	mark := fmt.Sprintf("%s%s/%s#%s", markPrefix, u.sc.Name, u.mode.name, strings.Fields(u.step)[0])
-	u.s.marks[mark] = stepRef{u.sc.Name, u.mode.name, u.step}
-	obs, err := u.r.step(ctx, u.s, mark, request)
+	obs, err := u.r.step(ctx, u.s, u.mark(), request)
 	if err := u.lost(err); err != nil {
 		return nil, err
 	}
@@ -275,6 +289,14 @@ func (u *unit) probeStep(ctx context.Context, request string) (*stepObservation,
 	return &stepObservation{obs, events}, nil
 }
 
+// mark returns the kernel log marker of the current step, and remembers
+// which step it names.
+func (u *unit) mark() string {
+	mark := fmt.Sprintf("%s%s/%s#%s", markPrefix, u.sc.Name, u.mode.name, strings.Fields(u.step)[0])
+	u.s.marks[mark] = stepRef{u.sc.Name, u.mode.name, u.step}
+	return mark
+}
+
 // lost turns an error that ended the guest session into errSessionLost.
 func (u *unit) lost(err error) error {
 	if err == nil {
@@ -284,7 +306,7 @@ func (u *unit) lost(err error) error {
 	if errors.As(err, &exit) {
 		return nil
 	}
-	return fmt.Errorf("%w: %v", errSessionLost, err)
+	return fmt.Errorf("%w: %w", errSessionLost, err)
 }
 
 func (u *unit) checkDelta(want int64, obs *stepObservation) {

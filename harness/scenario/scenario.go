@@ -12,6 +12,13 @@
 // (5p), and the guest's own constants, read from the running kernel:
 // page (one page), kmalloc_max (KMALLOC_MAX_CACHE_SIZE) and maxorder (a
 // block of the largest order). Every error names the file and line.
+//
+// "mode vanilla" or "mode pageman" runs the scenario in that mode only
+// (default: both, vanilla first).
+//
+// "fault KIND" breaks the guest on purpose, to test the harness itself:
+// warn, oops and hang in the kernel (through the probe module), kill-ssh
+// (the guest's SSH server stops) and kill-qemu (the host kills QEMU).
 package scenario
 
 import (
@@ -20,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -30,8 +38,13 @@ import (
 type Scenario struct {
 	Name  string // file name without extension
 	File  string
+	Modes []string // modes to run in, in order
 	Steps []Step
 }
+
+// Modes are the ways a scenario can run: without the module under test,
+// and with it loaded.
+var Modes = []string{"vanilla", "pageman"}
 
 // Op is what a step does.
 type Op string
@@ -40,7 +53,11 @@ type Op string
 const (
 	Alloc Op = "alloc"
 	Free  Op = "free"
+	Fault Op = "fault"
 )
+
+// Faults are the kinds a fault step may name.
+var Faults = []string{"warn", "oops", "hang", "kill-ssh", "kill-qemu"}
 
 // Step is one line of a scenario.
 type Step struct {
@@ -50,10 +67,14 @@ type Step struct {
 	Path   reference.Path // alloc only
 	Size   Size           // alloc: bytes to ask for; free: size to pass (zero: the allocation's)
 	Node   int            // alloc: node to ask for, reference.NoNode if none
+	Fault  string         // fault: one of Faults
 }
 
 // String gives the step as the scenario wrote it (normalised).
 func (s Step) String() string {
+	if s.Op == Fault {
+		return "fault " + s.Fault
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s", s.Op, s.Object)
 	if s.Op == Alloc {
@@ -204,8 +225,15 @@ func Parse(file, name string, text []byte) (*Scenario, error) {
 		if len(f) == 0 {
 			continue
 		}
+		if f[0] == "mode" {
+			if len(f) != 2 || !slices.Contains(Modes, f[1]) || sc.Modes != nil {
+				return nil, fmt.Errorf("%s:%d: want one line \"mode vanilla\" or \"mode pageman\"", file, n)
+			}
+			sc.Modes = f[1:]
+			continue
+		}
 		step, err := parseStep(f)
-		if err == nil {
+		if err == nil && step.Op != Fault {
 			err = track(live, step)
 		}
 		if err != nil {
@@ -222,6 +250,9 @@ func Parse(file, name string, text []byte) (*Scenario, error) {
 	}
 	if len(sc.Steps) == 0 {
 		return nil, fmt.Errorf("%s: no steps", file)
+	}
+	if sc.Modes == nil {
+		sc.Modes = Modes
 	}
 	return sc, nil
 }
@@ -281,8 +312,14 @@ func parseStep(f []string) (Step, error) {
 				return s, err
 			}
 		}
+	case Fault:
+		if len(f) != 2 || !slices.Contains(Faults, f[1]) {
+			return s, fmt.Errorf("want: fault KIND, KIND one of %s", strings.Join(Faults, ", "))
+		}
+		s.Fault = f[1]
+		return s, nil
 	default:
-		return s, fmt.Errorf("unknown step %q (want alloc or free)", f[0])
+		return s, fmt.Errorf("unknown step %q (want alloc, free or fault)", f[0])
 	}
 	s.Object = f[1]
 	return s, nil

@@ -77,6 +77,7 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 		{"alloc a vmalloc 5p\n", "t.scn:1: unknown probe path \"vmalloc\""},
 		{"alloc a kmalloc 5p node=1\n", "t.scn:1: path kmalloc takes no node"},
 		{"\n\nallot a kmalloc 5p\n", "t.scn:3: unknown step \"allot\""},
+		{"fault panic\n", "t.scn:1: want: fault KIND, KIND one of warn"},
 		{"alloc a kmalloc 5x\n", "t.scn:1: size \"5x\""},
 		{"# nothing\n", "t.scn: no steps"},
 	} {

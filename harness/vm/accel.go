@@ -21,14 +21,14 @@ type Accel struct {
 
 // kvmProofDeadline bounds the KVM trial boot. A working KVM prints the
 // kernel banner well within a second; a broken one (no nested
-// virtualisation) hangs forever after the firmware.
+// virtualisation) hangs forever after the firmware, or QEMU aborts.
 const kvmProofDeadline = 15 * time.Second
 
 // ChooseAccel resolves "auto", "kvm" or "tcg". For auto, KVM is used only
 // after a trial boot of kernel printed its banner within a deadline: an
 // openable /dev/kvm proves nothing (guests hang on hosts without nested
-// virtualisation). The verdict is cached in cacheDir per host, QEMU and
-// kernel image, so the trial costs once.
+// virtualisation). The verdict is cached in cacheDir per host and QEMU,
+// so the trial costs once.
 func ChooseAccel(ctx context.Context, want, qemu, kernel, cacheDir string) (Accel, error) {
 	switch want {
 	case "tcg":
@@ -44,7 +44,7 @@ func ChooseAccel(ctx context.Context, want, qemu, kernel, cacheDir string) (Acce
 		return Accel{"tcg", fmt.Sprintf("/dev/kvm unusable (%v)", err)}, nil
 	}
 	f.Close()
-	key, err := kvmVerdictKey(ctx, qemu, kernel)
+	key, err := kvmVerdictKey(ctx, qemu)
 	if err != nil {
 		return Accel{}, err
 	}
@@ -108,9 +108,10 @@ func cpuModel(accel string) string {
 	return "max"
 }
 
-// kvmVerdictKey names what the verdict depends on: the CPU's
-// virtualisation flags, the host kernel, QEMU's version and the image.
-func kvmVerdictKey(ctx context.Context, qemu, kernel string) (string, error) {
+// kvmVerdictKey names what the verdict depends on: the CPU's flags, the
+// host kernel and QEMU's version. Not the guest kernel: a new build must
+// not pay for a new trial on a host where KVM hangs.
+func kvmVerdictKey(ctx context.Context, qemu string) (string, error) {
 	h := sha256.New()
 	ver, err := exec.CommandContext(ctx, qemu, "--version").Output()
 	if err != nil {
@@ -127,9 +128,6 @@ func kvmVerdictKey(ctx context.Context, qemu, kernel string) (string, error) {
 	}
 	if rel, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h.Write(rel)
-	}
-	if st, err := os.Stat(kernel); err == nil {
-		fmt.Fprintln(h, kernel, st.Size(), st.ModTime().UnixNano())
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,16 +126,26 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		return nil, err
 	}
 	v.cmd.Stderr = v.console
-	if err := v.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", cfg.QEMU, err)
-	}
-	pumped := make(chan struct{})
-	go func() { v.console.copyFrom(stdout); close(pumped) }()
+	started := make(chan error, 1)
 	go func() {
+		// PR_SET_PDEATHSIG fires when the thread that started QEMU ends,
+		// not the process: keep that thread for QEMU's whole life.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := v.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		pumped := make(chan struct{})
+		go func() { v.console.copyFrom(stdout); close(pumped) }()
 		<-pumped // all output read before Wait closes the pipe
 		v.waitErr = v.cmd.Wait()
 		close(v.exited)
 	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("starting %s: %w", cfg.QEMU, err)
+	}
 	if err := v.connectMonitor(ctx, qmpPath); err != nil {
 		v.Kill()
 		return nil, err
@@ -301,6 +312,15 @@ func (v *VM) Stop(ctx context.Context) error {
 		}
 	}
 	v.Kill()
+	return nil
+}
+
+// Signal sends QEMU SIGKILL and returns at once, as if something outside
+// the harness had killed it; the harness must notice by itself.
+func (v *VM) Signal() error {
+	if err := v.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing QEMU: %w", err)
+	}
 	return nil
 }
 

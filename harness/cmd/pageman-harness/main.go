@@ -22,7 +22,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/pageman/pageman-harness/harness/hostdeps"
 	"github.com/pageman/pageman-harness/harness/runner"
@@ -79,11 +78,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.ResultsDir, "results", "", "directory for results; each run writes RESULTS/<run>/ (default: ROOT/results)")
 	fs.StringVar(&o.Accel, "accel", "auto", "auto: KVM only once a trial boot proves it works, else TCG; kvm or tcg force one")
 	fs.StringVar(&o.Subject, "subject", "pageman", "patch series and module under test")
+	fs.StringVar(&o.Module, "module", "", "out-of-tree module directory to load instead of the subject's (e.g. a broken variant)")
+	fs.StringVar(&o.Cmdline, "append", "", "extra kernel command line for the guest")
 	fs.StringVar(&o.CacheDir, "cache", runner.DefaultCacheDir(), "cache of kernel builds, modules, the u-root image and ccache")
 	fs.StringVar(&o.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
 	fs.IntVar(&o.Jobs, "jobs", 0, "make -j for the kernel build (default: CPUs+1)")
-	fs.DurationVar(&o.BootTimeout, "boot-timeout", 180*time.Second, "QEMU start to SSH ready")
-	fs.DurationVar(&o.StepTimeout, "step-timeout", 60*time.Second, "one command in the guest")
+	fs.DurationVar(&o.BootTimeout, "boot-timeout", 0, "bound on QEMU start to SSH ready (default: 180s under TCG, 60s under KVM,\nlater boots 5 times the first plus 10s)")
+	fs.DurationVar(&o.StepTimeout, "step-timeout", 0, "bound on one command in the guest (default: 100 times the measured probe\nround trip, between 15s and 120s)")
 	fs.BoolVar(&o.SkipDeps, "skip-deps", false, "do not check host packages")
 	fs.BoolVar(&verbose, "v", false, "log progress at debug level")
 	if err := fs.Parse(args); err != nil {
