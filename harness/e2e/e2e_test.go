@@ -39,10 +39,16 @@ type result struct {
 	took   time.Duration
 }
 
+// command prepares the program to run from the repository.
+func command(bin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = root
+	return cmd
+}
+
 func runHarness(t *testing.T, bin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"run"}, args...)...)
-	cmd.Dir = root
+	cmd := command(bin, append([]string{"run"}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -102,7 +108,8 @@ type results struct {
 		Scenario, Mode, Step, Name, Status string
 		Expected, Observed                 any
 	} `json:"checks"`
-	Timings map[string]string `json:"timings"`
+	Timings  map[string]string `json:"timings"`
+	Findings []finding         `json:"findings"`
 }
 
 func readResults(t *testing.T, dir string) (results, string) {

@@ -44,11 +44,11 @@ type Options struct {
 	// another out-of-tree module, e.g. a deliberately broken one.
 	Module string
 	// Cmdline is added to the guest's kernel command line.
-	Cmdline string
-	QEMU        string   // default qemu-system-x86_64
-	Jobs        int      // make -j for the kernel; default CPUs+1
-	SkipDeps    bool     // do not check host packages
-	Log         *slog.Logger
+	Cmdline  string
+	QEMU     string // default qemu-system-x86_64
+	Jobs     int    // make -j for the kernel; default CPUs+1
+	SkipDeps bool   // do not check host packages
+	Log      *slog.Logger
 	// BootTimeout bounds QEMU start to SSH ready. Zero: derived. The first
 	// boot gets 180s under TCG (4-9s measured on a loaded 2-core host) or
 	// 60s under KVM; later boots get 5 times the first one plus 10s.
