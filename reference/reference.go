@@ -101,6 +101,13 @@ type Alloc struct {
 	Freed      []Block // blocks given back at once, in the order freed
 	BytesAlloc uint64  // kmem:kmalloc bytes_alloc (kmalloc paths only)
 	Fitted     bool    // Pageman kept a record of this block
+	// Slab is a kmalloc served by a slab cache (size up to
+	// KMALLOC_MAX_CACHE_SIZE): no block of its own, so no page events.
+	Slab bool
+	// SUnreclaim is the change of unreclaimable slab bytes: a large
+	// kmalloc counts its pages there (a slab object's cache may or may not
+	// need a new slab page, which the model cannot tell).
+	SUnreclaim int64
 }
 
 // HasNode reports whether the path takes a node argument.
@@ -133,6 +140,9 @@ func (e Event) String() string {
 // block taken, the blocks given back, then (kmalloc paths) the kmalloc
 // event, which the kernel emits once the allocator has returned.
 func (a Alloc) Events() []Event {
+	if a.Slab {
+		return []Event{{Name: "kmalloc", BytesReq: a.Size, BytesAlloc: a.BytesAlloc, Node: a.Node}}
+	}
 	ev := []Event{{Name: "mm_page_alloc", Order: a.Order}}
 	for _, b := range a.Freed {
 		ev = append(ev, Event{Name: "mm_page_free", Offset: b.Offset, Order: b.Order})
@@ -149,6 +159,9 @@ type Free struct {
 	Kfree  bool    // freed with kfree (emits a kfree event first)
 	Freed  []Block // blocks given back, in the order freed
 	Pages  uint64  // pages returned to the buddy allocator
+	Slab   bool    // a slab object: no pages of its own
+	// SUnreclaim is the change of unreclaimable slab bytes.
+	SUnreclaim int64
 }
 
 // Events returns the trace events the free produces, in order.
@@ -195,6 +208,10 @@ func New(cfg Config, b Behaviour) (*Model, error) {
 	return &Model{cfg: cfg, behaviour: b, live: map[int]Alloc{}}, nil
 }
 
+// SetBehaviour switches the behaviour for the allocations that follow (the
+// module was loaded or unloaded); live objects keep the way they were made.
+func (m *Model) SetBehaviour(b Behaviour) { m.behaviour = b }
+
 // Counters returns the Pageman counters the model expects now.
 func (m *Model) Counters() Counters { return m.counters }
 
@@ -233,7 +250,13 @@ func (m *Model) Alloc(path Path, size uint64, node int) (Alloc, error) {
 		node = NoNode
 	}
 	if path.IsKmalloc() && size <= m.cfg.KmallocMaxCacheSize {
-		return Alloc{}, fmt.Errorf("%w: %d <= %d", ErrNotPageAllocator, size, m.cfg.KmallocMaxCacheSize)
+		if path == KmallocLarge || path == KmallocLargeNode {
+			// The probe refuses: the callee assumes a size above the caches.
+			return Alloc{}, fmt.Errorf("%w: %s of %d <= %d", ErrNotPageAllocator, path, size, m.cfg.KmallocMaxCacheSize)
+		}
+		a := Alloc{Handle: m.slot(), Path: path, Size: size, Node: node, Slab: true, BytesAlloc: SlabObjectSize(size)}
+		m.live[a.Handle] = a
+		return a, nil
 	}
 	order := m.OrderFor(size)
 	if order >= m.cfg.Orders {
@@ -257,6 +280,7 @@ func (m *Model) Alloc(path Path, size uint64, node int) (Alloc, error) {
 	}
 	if path.IsKmalloc() {
 		a.BytesAlloc = a.Kept * m.cfg.PageSize
+		a.SUnreclaim = int64(a.BytesAlloc)
 	}
 	if a.Fitted {
 		m.counters.FittedAllocs++
@@ -309,8 +333,9 @@ func (m *Model) Free(handle int, size uint64) (Free, error) {
 	if size == 0 {
 		size = a.Size
 	}
-	f := Free{Handle: handle, Kfree: a.Path.IsKmalloc()}
+	f := Free{Handle: handle, Kfree: a.Path.IsKmalloc(), Slab: a.Slab, SUnreclaim: -a.SUnreclaim}
 	switch {
+	case a.Slab:
 	case a.Fitted:
 		f.Freed = FreeAndFit(a.Order, a.Kept)
 		m.counters.FittedFrees++
@@ -328,6 +353,22 @@ func (m *Model) Free(handle int, size uint64) (Free, error) {
 	}
 	delete(m.live, handle)
 	return f, nil
+}
+
+// SlabObjectSize is the size of the kmalloc cache object that serves size
+// bytes (SLUB, x86_64: 8 to 8192 in powers of two, and 96 and 192).
+func SlabObjectSize(size uint64) uint64 {
+	switch {
+	case size > 64 && size <= 96:
+		return 96
+	case size > 128 && size <= 192:
+		return 192
+	}
+	n := uint64(8)
+	for n < size {
+		n <<= 1
+	}
+	return n
 }
 
 // FitAndFree returns the blocks Fit&Free gives back when keeping need pages

@@ -103,8 +103,11 @@ func TestKmallocKeepsWholeBlockWithoutPageman(t *testing.T) {
 
 func TestRejects(t *testing.T) {
 	m, _ := New(testConfig, Pageman)
-	if _, err := m.Alloc(Kmalloc, 8192, NoNode); !errors.Is(err, ErrNotPageAllocator) {
-		t.Errorf("kmalloc(8192): err = %v", err)
+	if _, err := m.Alloc(KmallocLarge, 8192, NoNode); !errors.Is(err, ErrNotPageAllocator) {
+		t.Errorf("kmalloc_large(8192): err = %v", err)
+	}
+	if a, err := m.Alloc(Kmalloc, 8192, NoNode); err != nil || !a.Slab || a.BytesAlloc != 8192 || len(a.Events()) != 1 {
+		t.Errorf("kmalloc(8192) = %+v, %v: want a slab object of 8192 bytes", a, err)
 	}
 	if _, err := m.Alloc(PagesExact, 4096<<10+1, NoNode); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("above largest order: err = %v", err)

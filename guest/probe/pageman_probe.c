@@ -37,15 +37,12 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
-#include <linux/version.h>
 
-#if defined(NR_PAGE_ORDERS)
-#define PROBE_ORDERS NR_PAGE_ORDERS
-#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
-#define PROBE_ORDERS (MAX_ORDER + 1)	/* MAX_ORDER became inclusive */
-#else
-#define PROBE_ORDERS MAX_ORDER
-#endif
+/*
+ * The number of buddy orders, whatever MAX_ORDER means in this kernel (it
+ * became inclusive in 6.4 and was renamed in 6.8): the zone's own array.
+ */
+#define PROBE_ORDERS ARRAY_SIZE(((struct zone *)NULL)->free_area)
 
 #define PROBE_SLOTS 256
 #define PROBE_REPLY_SIZE 1024
@@ -70,10 +67,15 @@ static const char *const path_names[] = {
 	[PATH_PAGES_EXACT_NID] = "pages_exact_nid",
 };
 
+/*
+ * A handle is a slot and the slot's generation, so that a stale handle (a
+ * double free) is refused even after its slot has been reused.
+ */
 struct probe_object {
 	void *ptr;
 	size_t size;
 	enum probe_path path;
+	unsigned int gen;
 };
 
 static struct probe_object objects[PROBE_SLOTS];
@@ -95,7 +97,31 @@ static __printf(2, 3) void reply_add(struct probe_reply *r, const char *fmt,
 	va_end(args);
 }
 
-/* Free blocks per order over all zones, after draining per-CPU lists. */
+/*
+ * Unreclaimable slab memory in bytes, exactly: the node counters plus the
+ * per-CPU differences not yet folded into them (/proc/meminfo shows only
+ * the folded part, which lags by up to a threshold per CPU).
+ */
+static long slab_unreclaimable_bytes(void)
+{
+	long pages = 0;
+	int nid, cpu;
+
+	for_each_online_node(nid) {
+		pg_data_t *pgdat = NODE_DATA(nid);
+
+		pages += atomic_long_read(&pgdat->vm_stat[NR_SLAB_UNRECLAIMABLE_B]);
+		for_each_online_cpu(cpu)
+			pages += per_cpu_ptr(pgdat->per_cpu_nodestats, cpu)
+					 ->vm_node_stat_diff[NR_SLAB_UNRECLAIMABLE_B];
+	}
+	return pages << PAGE_SHIFT;
+}
+
+/*
+ * Free blocks per order over all zones, after draining per-CPU lists, and
+ * the unreclaimable slab bytes, as "KEY counts..." and "sunreclaim_KEY".
+ */
 static void reply_free_blocks(struct probe_reply *r, const char *key)
 {
 	unsigned long counts[PROBE_ORDERS] = { 0 };
@@ -104,6 +130,7 @@ static void reply_free_blocks(struct probe_reply *r, const char *key)
 	int nid;
 
 	drain_all_pages(NULL);
+	reply_add(r, "sunreclaim_%s %ld\n", key, slab_unreclaimable_bytes());
 	for_each_online_node(nid) {
 		pg_data_t *pgdat = NODE_DATA(nid);
 
@@ -119,7 +146,7 @@ static void reply_free_blocks(struct probe_reply *r, const char *key)
 			spin_unlock_irqrestore(&zone->lock, flags);
 		}
 	}
-	reply_add(r, "%s", key);
+	reply_add(r, "free_%s", key);
 	for (order = 0; order < PROBE_ORDERS; order++)
 		reply_add(r, " %lu", counts[order]);
 	reply_add(r, "\n");
@@ -181,14 +208,16 @@ static int do_alloc(struct probe_reply *r, char *args)
 	if (slot == PROBE_SLOTS)
 		return -ENOSPC;
 
-	reply_free_blocks(r, "free_before");
+	reply_free_blocks(r, "before");
 	ptr = probe_alloc(path, size, node);
-	reply_free_blocks(r, "free_after");
+	reply_free_blocks(r, "after");
 	if (!ptr)
 		return -ENOMEM;
 
-	objects[slot] = (struct probe_object){ ptr, size, path };
-	reply_add(r, "handle %d\npfn 0x%lx\norder %u\nnid %d\n", slot,
+	objects[slot] = (struct probe_object){ ptr, size, path,
+					       objects[slot].gen + 1 };
+	reply_add(r, "handle %u\npfn 0x%lx\norder %u\nnid %d\n",
+		  objects[slot].gen * PROBE_SLOTS + slot,
 		  page_to_pfn(virt_to_page(ptr)), get_order(size),
 		  page_to_nid(virt_to_page(ptr)));
 	return 0;
@@ -198,12 +227,13 @@ static int do_free(struct probe_reply *r, char *args)
 {
 	char *handle_arg = strsep(&args, " ");
 	struct probe_object *obj;
-	unsigned int slot;
+	unsigned int handle, slot;
 	size_t size;
 
-	if (!handle_arg || kstrtouint(handle_arg, 0, &slot))
+	if (!handle_arg || kstrtouint(handle_arg, 0, &handle))
 		return -EINVAL;
-	if (slot >= PROBE_SLOTS || !objects[slot].ptr)
+	slot = handle % PROBE_SLOTS;
+	if (!objects[slot].ptr || objects[slot].gen != handle / PROBE_SLOTS)
 		return -ENOENT;	/* unknown handle or double free */
 	obj = &objects[slot];
 	size = obj->size;
@@ -211,19 +241,20 @@ static int do_free(struct probe_reply *r, char *args)
 		return -EINVAL;
 
 	reply_add(r, "pfn 0x%lx\n", page_to_pfn(virt_to_page(obj->ptr)));
-	reply_free_blocks(r, "free_before");
+	reply_free_blocks(r, "before");
 	if (is_kmalloc_path(obj->path))
 		kfree(obj->ptr);
 	else
 		free_pages_exact(obj->ptr, size);
-	reply_free_blocks(r, "free_after");
+	reply_free_blocks(r, "after");
 	obj->ptr = NULL;
 	return 0;
 }
 
 static int do_fault(const char *kind)
 {
-	static int *volatile nowhere;
+	static int *nowhere;
+	int *p;
 
 	if (!kind)
 		return -EINVAL;
@@ -232,7 +263,8 @@ static int do_fault(const char *kind)
 		return 0;
 	}
 	if (!strcmp(kind, "oops")) {
-		*nowhere = 1;
+		p = READ_ONCE(nowhere);	/* NULL, unknown to the compiler */
+		*p = 1;
 		return 0;
 	}
 	if (!strcmp(kind, "hang")) {
@@ -252,7 +284,7 @@ static int probe_execute(struct probe_reply *r, char *request)
 	if (!strcmp(verb, "free"))
 		return do_free(r, request);
 	if (!strcmp(verb, "snapshot") && !request) {
-		reply_free_blocks(r, "free_after");
+		reply_free_blocks(r, "after");
 		return 0;
 	}
 	if (!strcmp(verb, "fault"))
@@ -282,7 +314,7 @@ static ssize_t probe_write(struct file *file, const char __user *ubuf,
 
 	mutex_lock(&probe_lock);
 	r->len = 0;
-	reply_add(r, "orders %d\n", PROBE_ORDERS);
+	reply_add(r, "orders %zu\n", PROBE_ORDERS);
 	ret = probe_execute(r, request);
 	mutex_unlock(&probe_lock);
 	reply_add(r, "status %d\n", ret);

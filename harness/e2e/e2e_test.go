@@ -163,7 +163,7 @@ func TestMainJobPasses(t *testing.T) {
 		}
 	}
 	for _, n := range []string{"events", "pages_kept", "free_pages_delta", "bytes_alloc", "trace_node", "page_node",
-		"pageman_counters", "kernel_log", "all_pages_back", "pages_freed", "module_unloaded"} {
+		"pageman_counters", "kernel_log", "all_pages_back", "pages_freed", "module_unload", "sunreclaim_delta", "module_loaded"} {
 		if names[n] == 0 {
 			t.Errorf("no %s check in the results", n)
 		}

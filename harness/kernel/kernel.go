@@ -285,16 +285,21 @@ func configure(ctx context.Context, tree string, fragments []string) error {
 	if err != nil {
 		return err
 	}
-	var lost []string
+	// A later fragment overrides an earlier one, as merge_config.sh does.
+	want, from := map[string]string{}, map[string]string{}
 	for _, f := range fragments {
-		want, err := readConfig(f)
+		opts, err := readConfig(f)
 		if err != nil {
 			return err
 		}
-		for k, v := range want {
-			if got[k] != v {
-				lost = append(lost, fmt.Sprintf("%s=%s (got %q) from %s", k, v, got[k], filepath.Base(f)))
-			}
+		for k, v := range opts {
+			want[k], from[k] = v, filepath.Base(f)
+		}
+	}
+	var lost []string
+	for k, v := range want {
+		if got[k] != v && !(v == "n" && got[k] == "") {
+			lost = append(lost, fmt.Sprintf("%s=%s (got %q) from %s", k, v, got[k], from[k]))
 		}
 	}
 	if len(lost) > 0 {

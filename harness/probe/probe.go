@@ -19,6 +19,8 @@ type Reply struct {
 	Node       int      // alloc: node of the head page
 	FreeBefore []uint64 // free blocks per order before the request
 	FreeAfter  []uint64 // and after it
+	// Unreclaimable slab bytes (SUnreclaim, exact) before and after.
+	SUnreclaimBefore, SUnreclaimAfter int64
 
 	// The info request's constants.
 	PageSize            uint64
@@ -82,6 +84,10 @@ func ParseReply(text string) (Reply, error) {
 			r.Handle, err = strconv.Atoi(f[1])
 		case "pfn":
 			r.PFN, err = strconv.ParseUint(f[1], 0, 64)
+		case "sunreclaim_before":
+			r.SUnreclaimBefore, err = strconv.ParseInt(f[1], 10, 64)
+		case "sunreclaim_after":
+			r.SUnreclaimAfter, err = strconv.ParseInt(f[1], 10, 64)
 		case "order":
 			r.Order, err = strconv.Atoi(f[1])
 		case "nid":

@@ -96,19 +96,28 @@ func DefaultCacheDir() string {
 	return filepath.Join(base, "pageman-harness")
 }
 
-// Subject is what a run tests: a patch series and the module it loads.
+// subject is what a run tests: a patch series, config fragments and the
+// module it loads.
 type subject struct {
-	name      string
-	patchRoot string // kernel.Spec.PatchRoot
-	module    string // directory of the module under test
+	patchRoot string   // kernel.Spec.PatchRoot
+	fragments []string // merged on tinyconfig in order
+	module    string   // directory of the module under test
 }
 
+// Subjects are the names --subject takes.
+var Subjects = []string{"pageman", "seed"}
+
 func (o *Options) subject() (subject, error) {
+	guest := filepath.Join(o.Root, "guest")
+	base := filepath.Join(guest, "config", "base.config")
 	switch o.Subject {
-	case "pageman":
-		return subject{"pageman", filepath.Join(o.Root, "guest", "patches"), filepath.Join(o.Root, "guest", "pageman")}, nil
+	case "pageman": // the corrected design
+		return subject{filepath.Join(guest, "patches"), []string{base}, filepath.Join(guest, "pageman")}, nil
+	case "seed": // the seed report's design, known bad
+		return subject{filepath.Join(guest, "patches", "seed"), []string{base, filepath.Join(guest, "config", "seed.config")},
+			filepath.Join(guest, "seed-pageman")}, nil
 	}
-	return subject{}, fmt.Errorf("unknown subject %q (want pageman)", o.Subject)
+	return subject{}, fmt.Errorf("unknown subject %q (want one of %s)", o.Subject, strings.Join(Subjects, ", "))
 }
 
 // Paths of the guest's files in the per-run archive.
@@ -208,7 +217,7 @@ func (r *run) stepTimeout(rtt time.Duration) time.Duration {
 	if r.o.StepTimeout > 0 {
 		return r.o.StepTimeout
 	}
-	return min(max(100*rtt, minStepTimeout), maxStepTimeout)
+	return min(max(100*rtt, minStepTimeout), maxStepTimeout).Round(100 * time.Millisecond)
 }
 
 func (r *run) execute(ctx context.Context) error {
@@ -286,7 +295,7 @@ func (r *run) prepare(ctx context.Context) error {
 		r.build, err = kernel.BuildKernel(ctx, kernel.Spec{
 			Source:    o.KernelSrc,
 			PatchRoot: subj.patchRoot,
-			Fragments: []string{filepath.Join(o.Root, "guest", "config", "base.config")},
+			Fragments: subj.fragments,
 			CacheDir:  o.CacheDir,
 			Jobs:      o.Jobs,
 		}, log)

@@ -46,6 +46,8 @@ type unit struct {
 	// failedAsPredicted names the objects whose allocation failed, and
 	// whether the model predicted that.
 	failedAsPredicted map[string]bool
+	freed             map[string]int // probe handles of freed objects
+	loaded            bool           // the module under test is loaded
 	step              string             // the current step's label
 	counters          reference.Counters // the model's counters after the last step
 	// Net free-page change over the unit, as the model predicts and as the
@@ -60,6 +62,7 @@ type object struct {
 	pfn    uint64 // head page frame
 	order  int    // get_order() of its size
 	ptr    string // hashed pointer of its kmalloc event, to find its kfree
+	slab   bool   // served by a slab cache: its page is not its own
 }
 
 // errSessionLost marks an error after which the guest cannot go on.
@@ -68,7 +71,7 @@ var errSessionLost = errors.New("guest session lost")
 // runUnit runs one scenario in one mode and reports whether the session
 // is still usable.
 func (r *run) runUnit(ctx context.Context, s *session, sc *scenario.Scenario, m mode) bool {
-	u := &unit{r: r, s: s, sc: sc, mode: m, objects: map[string]*object{}, failedAsPredicted: map[string]bool{}}
+	u := &unit{r: r, s: s, sc: sc, mode: m, objects: map[string]*object{}, failedAsPredicted: map[string]bool{}, freed: map[string]int{}}
 	var err error
 	u.model, err = reference.New(reference.Config{PageSize: s.guest.PageSize, Orders: s.orders,
 		KmallocMaxCacheSize: s.guest.KmallocMaxCacheSize}, m.behaviour)
@@ -96,16 +99,8 @@ func (r *run) runUnit(ctx context.Context, s *session, sc *scenario.Scenario, m 
 func (u *unit) run(ctx context.Context) error {
 	if u.mode.load {
 		u.step = "load " + u.r.module
-		_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
-		if err == nil {
-			_, err = u.r.guest(ctx, u.s, "insmod /"+guestModuleDir+"/"+u.r.module+".ko")
-		}
-		if err := u.lost(err); err != nil {
+		if ok, err := u.load(ctx); !ok || err != nil {
 			return err
-		}
-		u.check("module_loaded", true, err == nil, errText(err))
-		if err != nil {
-			return nil
 		}
 	}
 	for i, st := range u.sc.Steps {
@@ -118,6 +113,12 @@ func (u *unit) run(ctx context.Context) error {
 			err = u.free(ctx, st.Object, st.Size)
 		case scenario.Fault:
 			err = u.fault(ctx, st.Fault)
+		case scenario.LoadModule:
+			_, err = u.load(ctx)
+		case scenario.UnloadModule:
+			err = u.unload(ctx)
+		case scenario.Misuse:
+			err = u.misuse(ctx, st)
 		}
 		if err != nil {
 			return err
@@ -134,19 +135,85 @@ func (u *unit) run(ctx context.Context) error {
 	u.step = "end"
 	u.check("all_pages_back", u.netExpected, u.netObserved,
 		"net change of free pages over all steps, each measured around its own request")
-	if u.mode.load {
+	if u.loaded {
 		u.step = "unload " + u.r.module
-		_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
-		if err == nil {
-			_, err = u.r.guest(ctx, u.s, "rmmod "+u.r.module)
-		}
-		if err := u.lost(err); err != nil {
-			return err
-		}
-		u.check("module_unloaded", true, err == nil, errText(err))
+		return u.unload(ctx)
 	}
 	return nil
 }
+
+// load inserts the module under test; from then on the model predicts
+// Pageman's behaviour. It reports whether the module is loaded.
+func (u *unit) load(ctx context.Context) (bool, error) {
+	_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
+	if err == nil {
+		_, err = u.r.guest(ctx, u.s, "insmod /"+guestModuleDir+"/"+u.r.module+".ko")
+	}
+	if err := u.lost(err); err != nil {
+		return false, err
+	}
+	u.check("module_loaded", !u.loaded, err == nil, errText(err))
+	if err == nil {
+		u.loaded = true
+		u.model.SetBehaviour(reference.Pageman)
+	}
+	return err == nil, nil
+}
+
+// unload removes the module under test. While fitted allocations are live
+// it must refuse (each holds a reference on the module): the model says
+// whether any are.
+func (u *unit) unload(ctx context.Context) error {
+	_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
+	if err == nil {
+		_, err = u.r.guest(ctx, u.s, "rmmod "+u.r.module)
+	}
+	if err := u.lost(err); err != nil {
+		return err
+	}
+	want := "unloaded"
+	if u.model.Counters().Live > 0 {
+		want = "refused: in use"
+	}
+	got := "unloaded"
+	if err != nil {
+		// delete_module() says EWOULDBLOCK (EAGAIN) for a module in use.
+		got = "refused: " + err.Error()
+		if strings.Contains(err.Error(), syscall.EAGAIN.Error()) || strings.Contains(err.Error(), syscall.EBUSY.Error()) {
+			got = "refused: in use"
+		}
+	}
+	u.check("module_unload", want, got, fmt.Sprintf("the model has %d fitted allocations live; rmmod: %v", u.model.Counters().Live, err))
+	if err == nil {
+		u.loaded = false
+		u.model.SetBehaviour(reference.Vanilla)
+	}
+	return nil
+}
+
+// misuse sends a request the probe must refuse, and checks it did so
+// cleanly: the right error, nothing in the kernel log.
+func (u *unit) misuse(ctx context.Context, st scenario.Step) error {
+	var request, want string
+	switch st.Fault {
+	case "zero-size":
+		request, want = probe.Alloc(string(reference.Kmalloc), 0, reference.NoNode), "EINVAL"
+	case "unknown-handle":
+		request, want = probe.Free(unknownHandle, 0), "ENOENT"
+	case "double-free":
+		request, want = probe.Free(u.freed[st.Object], 0), "ENOENT"
+	}
+	obs, err := u.probeStep(ctx, request)
+	if obs == nil {
+		return err
+	}
+	u.check("status", want, errnoName(obs.Reply.Status), "")
+	return nil
+}
+
+// unknownHandle is a handle the probe never gives: a slot's generation
+// that high is never reached.
+const unknownHandle = 1 << 30
 
 // alloc runs an allocation step.
 func (u *unit) alloc(ctx context.Context, st scenario.Step) error {
@@ -184,14 +251,17 @@ func (u *unit) alloc(ctx context.Context, st scenario.Step) error {
 	if perr != nil {
 		return nil // allocated against the model: freed at cleanup, already failed
 	}
-	obj.model = want.Handle
+	obj.model, obj.slab = want.Handle, want.Slab
 	events, kmalloc := blockEvents(obs.events, obj, true, func(e ftrace.Event) bool {
 		req, err := e.Uint("bytes_req")
 		return e.Name == "kmalloc" && err == nil && req == size
 	})
 	u.check("events", eventStrings(want.Events()), eventStrings(events), traceDetail(obs.events))
-	u.check("pages_kept", want.Kept, keptPages(events, obj.order), "2^order minus the pages freed inside the block during the step (mm_page_free)")
-	u.checkDelta(-int64(want.Kept), obs)
+	if !want.Slab {
+		u.check("pages_kept", want.Kept, keptPages(events, obj.order), "2^order minus the pages freed inside the block during the step (mm_page_free)")
+		u.checkDelta(-int64(want.Kept), obs)
+		u.checkSUnreclaim(want.SUnreclaim, obs)
+	}
 	if st.Path.IsKmalloc() {
 		if kmalloc == nil {
 			u.check("bytes_alloc", want.BytesAlloc, "no kmalloc event from the probe", traceDetail(obs.events))
@@ -220,6 +290,7 @@ func (u *unit) free(ctx context.Context, name string, sizeExpr scenario.Size) er
 		return nil
 	}
 	delete(u.objects, name)
+	u.freed[name] = obj.handle
 	for i, n := range u.order {
 		if n == name {
 			u.order = append(u.order[:i], u.order[i+1:]...)
@@ -251,8 +322,11 @@ func (u *unit) free(ctx context.Context, name string, sizeExpr scenario.Size) er
 		return e.Name == "kfree" && obj.ptr != "" && e.Fields["ptr"] == obj.ptr
 	})
 	u.check("events", eventStrings(want.Events()), eventStrings(events), traceDetail(obs.events))
-	u.check("pages_freed", want.Pages, freedPages(events), "pages of the block freed during the step (mm_page_free)")
-	u.checkDelta(int64(want.Pages), obs)
+	if !want.Slab {
+		u.check("pages_freed", want.Pages, freedPages(events), "pages of the block freed during the step (mm_page_free)")
+		u.checkDelta(int64(want.Pages), obs)
+		u.checkSUnreclaim(want.SUnreclaim, obs)
+	}
 	u.checkCounters(obs)
 	return nil
 }
@@ -317,11 +391,19 @@ func (u *unit) checkDelta(want int64, obs *stepObservation) {
 		obs.Reply.FreeBefore, obs.Reply.FreeAfter))
 }
 
+// checkSUnreclaim compares the change of unreclaimable slab bytes across
+// the call (the probe's exact reading) with the model's.
+func (u *unit) checkSUnreclaim(want int64, obs *stepObservation) {
+	got := obs.Reply.SUnreclaimAfter - obs.Reply.SUnreclaimBefore
+	u.check("sunreclaim_delta", want, got, fmt.Sprintf("SUnreclaim bytes before %d, after %d",
+		obs.Reply.SUnreclaimBefore, obs.Reply.SUnreclaimAfter))
+}
+
 // checkCounters compares the change of Pageman's counters across the
 // request with the change the model predicts. Changes, not totals: other
 // kernel code may use Pageman's paths too while the module is loaded.
 func (u *unit) checkCounters(obs *stepObservation) {
-	if !u.mode.load {
+	if !u.loaded {
 		return
 	}
 	c := u.model.Counters()
@@ -382,6 +464,9 @@ func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.
 	for i, e := range all {
 		switch e.Name {
 		case "mm_page_alloc", "mm_page_free":
+			if obj.slab {
+				continue // the slab page is shared with other objects
+			}
 			pfn, err := e.Uint("pfn")
 			if err != nil || pfn < obj.pfn || pfn >= obj.pfn+1<<obj.order {
 				continue

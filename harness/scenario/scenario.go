@@ -16,6 +16,11 @@
 // "mode vanilla" or "mode pageman" runs the scenario in that mode only
 // (default: both, vanilla first).
 //
+// "unload" and "load" unload and reload the module under test mid-scenario
+// (mode pageman only). "misuse KIND [NAME]" sends the probe a request it
+// must refuse cleanly: zero-size (EINVAL), unknown-handle (ENOENT),
+// double-free NAME of an object already freed (ENOENT).
+//
 // "fault KIND" breaks the guest on purpose, to test the harness itself:
 // warn, oops and hang in the kernel (through the probe module), kill-ssh
 // (the guest's SSH server stops) and kill-qemu (the host kills QEMU).
@@ -51,10 +56,16 @@ type Op string
 
 // The operations.
 const (
-	Alloc Op = "alloc"
-	Free  Op = "free"
-	Fault Op = "fault"
+	Alloc        Op = "alloc"
+	Free         Op = "free"
+	Fault        Op = "fault"
+	UnloadModule Op = "unload"
+	LoadModule   Op = "load"
+	Misuse       Op = "misuse"
 )
+
+// Misuses are the kinds a misuse step may name.
+var Misuses = []string{"zero-size", "unknown-handle", "double-free"}
 
 // Faults are the kinds a fault step may name.
 var Faults = []string{"warn", "oops", "hang", "kill-ssh", "kill-qemu"}
@@ -67,13 +78,16 @@ type Step struct {
 	Path   reference.Path // alloc only
 	Size   Size           // alloc: bytes to ask for; free: size to pass (zero: the allocation's)
 	Node   int            // alloc: node to ask for, reference.NoNode if none
-	Fault  string         // fault: one of Faults
+	Fault  string         // fault: one of Faults; misuse: one of Misuses
 }
 
 // String gives the step as the scenario wrote it (normalised).
 func (s Step) String() string {
-	if s.Op == Fault {
-		return "fault " + s.Fault
+	switch s.Op {
+	case Fault, Misuse:
+		return strings.TrimSpace(fmt.Sprintf("%s %s %s", s.Op, s.Fault, s.Object))
+	case LoadModule, UnloadModule:
+		return string(s.Op)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s", s.Op, s.Object)
@@ -218,6 +232,7 @@ func LoadDir(dir string) ([]*Scenario, error) {
 func Parse(file, name string, text []byte) (*Scenario, error) {
 	sc := &Scenario{Name: name, File: file}
 	live := map[string]int{} // object name -> line of its alloc
+	freed := map[string]bool{}
 	lines := bufio.NewScanner(bytes.NewReader(text))
 	for n := 1; lines.Scan(); n++ {
 		line, _, _ := strings.Cut(lines.Text(), "#")
@@ -233,8 +248,17 @@ func Parse(file, name string, text []byte) (*Scenario, error) {
 			continue
 		}
 		step, err := parseStep(f)
-		if err == nil && step.Op != Fault {
+		switch {
+		case err != nil:
+		case step.Op == Alloc || step.Op == Free:
 			err = track(live, step)
+			if step.Op == Free {
+				freed[step.Object] = true
+			}
+		case step.Op == Misuse && step.Fault == "double-free" && !freed[step.Object]:
+			err = fmt.Errorf("double-free of %q, which has not been freed before", step.Object)
+		case (step.Op == LoadModule || step.Op == UnloadModule) && slices.Equal(sc.Modes, []string{"vanilla"}):
+			err = fmt.Errorf("%s needs the module under test: not in a \"mode vanilla\" scenario", step.Op)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", file, n, err)
@@ -317,6 +341,20 @@ func parseStep(f []string) (Step, error) {
 			return s, fmt.Errorf("want: fault KIND, KIND one of %s", strings.Join(Faults, ", "))
 		}
 		s.Fault = f[1]
+		return s, nil
+	case LoadModule, UnloadModule:
+		if len(f) != 1 {
+			return s, fmt.Errorf("want: %s (no arguments)", s.Op)
+		}
+		return s, nil
+	case Misuse:
+		if len(f) < 2 || !slices.Contains(Misuses, f[1]) || (f[1] == "double-free") != (len(f) == 3) || len(f) > 3 {
+			return s, fmt.Errorf("want: misuse zero-size | misuse unknown-handle | misuse double-free NAME")
+		}
+		s.Fault = f[1]
+		if len(f) == 3 {
+			s.Object = f[2]
+		}
 		return s, nil
 	default:
 		return s, fmt.Errorf("unknown step %q (want alloc, free or fault)", f[0])

@@ -6,11 +6,13 @@
  */
 #include <linux/module.h>
 
-static int *volatile nowhere;
+static int *nowhere;
 
 static int __init oops_on_load_init(void)
 {
-	*nowhere = 1;
+	int *p = READ_ONCE(nowhere);	/* NULL, unknown to the compiler */
+
+	*p = 1;
 	return 0;
 }
 

@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&scenarios, "scenario", "scenario file to run; repeatable (default: every scenarios/*.scn)")
 	fs.StringVar(&o.ResultsDir, "results", "", "directory for results; each run writes RESULTS/<run>/ (default: ROOT/results)")
 	fs.StringVar(&o.Accel, "accel", "auto", "auto: KVM only once a trial boot proves it works, else TCG; kvm or tcg force one")
-	fs.StringVar(&o.Subject, "subject", "pageman", "patch series and module under test")
+	fs.StringVar(&o.Subject, "subject", "pageman", "what to test: pageman (the corrected design) or seed (the seed report's design, known bad)")
 	fs.StringVar(&o.Module, "module", "", "out-of-tree module directory to load instead of the subject's (e.g. a broken variant)")
 	fs.StringVar(&o.Cmdline, "append", "", "extra kernel command line for the guest")
 	fs.StringVar(&o.CacheDir, "cache", runner.DefaultCacheDir(), "cache of kernel builds, modules, the u-root image and ccache")
