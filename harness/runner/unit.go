@@ -46,8 +46,8 @@ type unit struct {
 	// failedAsPredicted names the objects whose allocation failed, and
 	// whether the model predicted that.
 	failedAsPredicted map[string]bool
-	freed             map[string]int // probe handles of freed objects
-	loaded            bool           // the module under test is loaded
+	freed             map[string]int     // probe handles of freed objects
+	loaded            bool               // the module under test is loaded
 	step              string             // the current step's label
 	counters          reference.Counters // the model's counters after the last step
 	// Net free-page change over the unit, as the model predicts and as the
