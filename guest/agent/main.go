@@ -48,7 +48,7 @@ const (
 	hostKeyFile       = "/etc/pageman/ssh_host_ed25519_key"
 	authorizedKeyFile = "/etc/pageman/authorized_key"
 	probeFile         = "/proc/pageman_probe"
-	traceFile         = "/sys/kernel/tracing/trace"
+	tracePipe         = "/sys/kernel/tracing/trace_pipe"
 	tracingOn         = "/sys/kernel/tracing/tracing_on"
 	// ReadyMarker is printed on the console once SSH accepts connections;
 	// the host waits for it before its first connection attempt.
@@ -71,6 +71,9 @@ func main() {
 
 func run() error {
 	mountFilesystems()
+	if err := openKernelFiles(); err != nil {
+		return fmt.Errorf("kernel log and trace: %w", err)
+	}
 	if err := configureNetwork("eth0", [4]byte{10, 0, 2, 15}, [4]byte{255, 255, 255, 0}); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
@@ -284,7 +287,7 @@ func execute(command string, stdout, stderr io.Writer) int {
 	case "rmmod":
 		err = unix.DeleteModule(rest, unix.O_NONBLOCK)
 	case "mark":
-		err = os.WriteFile("/dev/kmsg", []byte(rest+"\n"), 0)
+		err = logMark(rest)
 	case "kill-ssh":
 		server.kill() // this command's own connection too: no reply
 	case "poweroff":
@@ -362,31 +365,53 @@ type stepResult struct {
 	Pageman       string `json:"pageman,omitempty"`
 }
 
+// The kernel log and the trace are read and written through descriptors
+// opened once, when the agent starts (before any module under test is
+// loaded), and kept: opening /dev/kmsg or a trace file makes a kmalloc
+// above KMALLOC_MAX_CACHE_SIZE, which the subject would fit while loaded.
+// Opening them at every step would test the subject with the agent's own
+// allocations and mix them with the probe's.
+var (
+	stepKmsg, stepTrace *rawReader
+	kmsgWriter          *os.File
+)
+
+// openKernelFiles opens the kept descriptors.
+func openKernelFiles() error {
+	var err error
+	if stepKmsg, err = openRaw("/dev/kmsg"); err != nil {
+		return err
+	}
+	if stepTrace, err = openRaw(tracePipe); err != nil {
+		return err
+	}
+	kmsgWriter, err = os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
+	return err
+}
+
+// logMark writes one record to the kernel log. The newline ends the
+// record: an open record is neither readable nor printed until the next
+// one starts.
+func logMark(text string) error {
+	_, err := kmsgWriter.WriteString(text + "\n")
+	return err
+}
+
 func step(arg string, w io.Writer) error {
 	var req stepRequest
 	if err := json.Unmarshal([]byte(arg), &req); err != nil {
 		return fmt.Errorf("step request %q: %w", arg, err)
 	}
-	kmsg, err := openKmsgAtEnd()
-	if err != nil {
-		return err
+	if _, err := unix.Seek(stepKmsg.fd, 0, io.SeekEnd); err != nil {
+		return fmt.Errorf("kernel log: %w", err)
 	}
-	defer kmsg.Close()
 	if req.Mark != "" {
-		// The newline ends the record: an open record is neither readable
-		// nor printed until the next one starts.
-		if err := os.WriteFile("/dev/kmsg", []byte(req.Mark+"\n"), 0); err != nil {
+		if err := logMark(req.Mark); err != nil {
 			return fmt.Errorf("step marker: %w", err)
 		}
 	}
-	// tracefs clears the buffer on open with O_TRUNC; truncate(2) does nothing.
-	trace, err := os.OpenFile(traceFile, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		return fmt.Errorf("clear trace: %w", err)
-	}
-	trace.Close()
-	// Record only while the request runs: reading the trace file allocates
-	// too, and its events must not mix with the probe's.
+	stepTrace.readAll() // drop what was recorded between steps
+	// Record only while the request runs.
 	if err := os.WriteFile(tracingOn, []byte("1"), 0); err != nil {
 		return fmt.Errorf("start tracing: %w", err)
 	}
@@ -394,23 +419,22 @@ func step(arg string, w io.Writer) error {
 	if b, err := os.ReadFile("/proc/pageman"); err == nil {
 		res.PagemanBefore = string(b)
 	}
+	var err error
 	if res.Probe, err = probe(req.Request); err != nil {
 		return err
 	}
-	// Read the counters before anything else: opening the trace file
-	// makes a large kmalloc of its own, which Pageman fits.
 	if b, err := os.ReadFile("/proc/pageman"); err == nil {
 		res.Pageman = string(b)
 	}
 	if err := os.WriteFile(tracingOn, []byte("0"), 0); err != nil {
 		return fmt.Errorf("stop tracing: %w", err)
 	}
-	res.Kmsg = readKmsg(kmsg)
+	res.Kmsg = kmsgLines(stepKmsg)
+	res.Trace = stepTrace.readAll()
 	for _, f := range []struct {
 		dst  *string
 		name string
 	}{
-		{&res.Trace, traceFile},
 		{&res.Buddyinfo, "/proc/buddyinfo"},
 		{&res.Meminfo, "/proc/meminfo"},
 	} {
@@ -441,30 +465,38 @@ func probe(request string) (string, error) {
 	return string(b), nil
 }
 
-// kmsgReader reads the kernel log from a position. It uses raw system
+// rawReader reads a kernel file without blocking. It uses raw system
 // calls: an *os.File opened non-blocking would park reads in Go's poller
-// and wait for the next record instead of returning at the end.
-type kmsgReader struct{ fd int }
-
-// openKmsgAtEnd opens the kernel log positioned after its last record, so
-// that reading it returns only what is logged from now on.
-func openKmsgAtEnd() (*kmsgReader, error) {
-	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("kernel log: %w", err)
-	}
-	if _, err := unix.Seek(fd, 0, io.SeekEnd); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("kernel log: %w", err)
-	}
-	return &kmsgReader{fd}, nil
+// and wait for more data instead of returning at the end.
+type rawReader struct {
+	fd   int
+	name string
 }
 
-func (k *kmsgReader) Close() error { return unix.Close(k.fd) }
+func openRaw(name string) (*rawReader, error) {
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &rawReader{fd, name}, nil
+}
 
-// readKmsg returns the records logged since k was opened, one per line, as
-// dmesg prints them ("[seconds] message").
-func readKmsg(k *kmsgReader) string {
+// readAll returns what can be read now.
+func (r *rawReader) readAll() string {
+	var out strings.Builder
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(r.fd, buf)
+		if err != nil || n <= 0 {
+			return out.String() // EAGAIN: nothing more for now
+		}
+		out.Write(buf[:n])
+	}
+}
+
+// kmsgLines returns the kernel log records readable from k, one per line,
+// as dmesg prints them ("[seconds] message").
+func kmsgLines(k *rawReader) string {
 	var out strings.Builder
 	buf := make([]byte, 8192)
 	for {

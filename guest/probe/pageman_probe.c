@@ -150,6 +150,12 @@ static void reply_free_blocks(struct probe_reply *r, const char *key)
 	for (order = 0; order < PROBE_ORDERS; order++)
 		reply_add(r, " %lu", counts[order]);
 	reply_add(r, "\n");
+	/*
+	 * Mark the moment of the count in the trace: kfree(NULL) emits a kfree
+	 * event and nothing else.  Page events between the two marks of a
+	 * request are what the free counts saw change.
+	 */
+	kfree(NULL);
 }
 
 static void *probe_alloc(enum probe_path path, size_t size, int node)
