@@ -218,3 +218,28 @@ func TestNotAKernelImage(t *testing.T) {
 		t.Errorf("missing image: exit code %d (want 2), output:\n%s", r.code, r.stdout)
 	}
 }
+
+// One random sequence over every path, on the real guest, passes on the
+// corrected Pageman (the model predicts every step of it).
+func TestRandomSequencePasses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the end-to-end run that boots a VM")
+	}
+	requireTools(t)
+	bin := harness(t)
+	out := t.TempDir()
+	r := runHarness(t, bin, "--seed", "20261204", "--ops", "40", "--results", out)
+	if r.code != 0 {
+		t.Fatalf("exit code %d, want 0", r.code)
+	}
+	res, _ := readResults(t, out)
+	n := 0
+	for _, c := range res.Checks {
+		if strings.HasPrefix(c.Scenario, "random-") {
+			n++
+		}
+	}
+	if n < 100 {
+		t.Errorf("only %d checks of the random sequence", n)
+	}
+}

@@ -43,8 +43,10 @@ type Spec struct {
 	// Subject is set, else from PatchRoot/linux-MAJOR.MINOR.
 	Subject   string
 	Fragments []string // config fragments merged on top of tinyconfig
-	CacheDir  string   // e.g. ~/.cache/pageman-harness
-	Jobs      int      // make -j; default number of CPUs + 1
+	// Extra patches are applied after the series (e.g. a mutant's).
+	Extra    []string
+	CacheDir string // e.g. ~/.cache/pageman-harness
+	Jobs     int    // make -j; default number of CPUs + 1
 }
 
 // Build is a finished kernel build.
@@ -85,6 +87,13 @@ func BuildKernel(ctx context.Context, spec Spec, log *slog.Logger) (*Build, erro
 	patches, err := Series(spec.PatchRoot, spec.Subject, version)
 	if err != nil {
 		return nil, err
+	}
+	for _, p := range spec.Extra {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, err
+		}
+		patches = append(patches, abs)
 	}
 	key, err := cacheKey(ctx, identity, patches, spec.Fragments)
 	if err != nil {

@@ -44,11 +44,16 @@ type Options struct {
 	// another out-of-tree module, e.g. a deliberately broken one.
 	Module string
 	// Cmdline is added to the guest's kernel command line.
-	Cmdline  string
-	QEMU     string // default qemu-system-x86_64
-	Jobs     int    // make -j for the kernel; default CPUs+1
-	SkipDeps bool   // do not check host packages
-	Log      *slog.Logger
+	Cmdline string
+	// ExtraPatches are applied to the kernel after the subject's series.
+	ExtraPatches []string
+	// Generated scenarios run after the files of Scenarios (with neither,
+	// the files of Root/scenarios run).
+	Generated []*scenario.Scenario
+	QEMU      string // default qemu-system-x86_64
+	Jobs      int    // make -j for the kernel; default CPUs+1
+	SkipDeps  bool   // do not check host packages
+	Log       *slog.Logger
 	// BootTimeout bounds QEMU start to SSH ready. Zero: derived. The first
 	// boot gets 180s under TCG (4-9s measured on a loaded 2-core host) or
 	// 60s under KVM; later boots get 5 times the first one plus 10s.
@@ -257,7 +262,7 @@ func (r *run) execute(ctx context.Context) error {
 }
 
 func (r *run) loadScenarios() ([]*scenario.Scenario, error) {
-	if len(r.o.Scenarios) == 0 {
+	if len(r.o.Scenarios) == 0 && len(r.o.Generated) == 0 {
 		return scenario.LoadDir(filepath.Join(r.o.Root, "scenarios"))
 	}
 	var out []*scenario.Scenario
@@ -268,7 +273,7 @@ func (r *run) loadScenarios() ([]*scenario.Scenario, error) {
 		}
 		out = append(out, s)
 	}
-	return out, nil
+	return append(out, r.o.Generated...), nil
 }
 
 // prepare builds or finds everything the guest needs.
@@ -296,6 +301,7 @@ func (r *run) prepare(ctx context.Context) error {
 			Source:    o.KernelSrc,
 			PatchRoot: subj.patchRoot,
 			Fragments: subj.fragments,
+			Extra:     o.ExtraPatches,
 			CacheDir:  o.CacheDir,
 			Jobs:      o.Jobs,
 		}, log)

@@ -259,7 +259,9 @@ func (u *unit) alloc(ctx context.Context, st scenario.Step) error {
 	u.check("events", eventStrings(want.Events()), eventStrings(events), traceDetail(obs.events))
 	if !want.Slab {
 		u.check("pages_kept", want.Kept, keptPages(events, obj.order), "2^order minus the pages freed inside the block during the step (mm_page_free)")
-		u.checkDelta(-int64(want.Kept), obs, events)
+		if u.checkDelta(-int64(want.Kept), obs, events) {
+			u.checkBuddyDelta(want, obs)
+		}
 		u.checkSUnreclaim(want.SUnreclaim, obs)
 	}
 	if st.Path.IsKmalloc() {
@@ -388,7 +390,8 @@ func (u *unit) lost(err error) error {
 // softirq, a task that runs while the probe waits for the drain): those
 // page events, traced between the probe's two count marks and not the
 // object's own, are taken out of the measured change, and listed.
-func (u *unit) checkDelta(want int64, obs *stepObservation, own []reference.Event) {
+// It reports whether no other kernel code changed free pages meanwhile.
+func (u *unit) checkDelta(want int64, obs *stepObservation, own []reference.Event) bool {
 	measured := int64(probe.FreePages(obs.Reply.FreeAfter)) - int64(probe.FreePages(obs.Reply.FreeBefore))
 	foreign, lines := foreignDelta(obs.events, own)
 	got := measured - foreign
@@ -400,6 +403,26 @@ func (u *unit) checkDelta(want int64, obs *stepObservation, own []reference.Even
 		detail += fmt.Sprintf("; %+d of them by other kernel code meanwhile:\n%s", foreign, strings.Join(lines, "\n"))
 	}
 	u.check("free_pages_delta", want, got, detail)
+	return len(lines) == 0
+}
+
+// checkBuddyDelta compares the change of free blocks per order across an
+// allocation with the model's, for the larger order the block was split
+// from (the model cannot know which free block the kernel takes). It is
+// made only when no other kernel code changed free pages meanwhile: their
+// blocks' splits and merges are not the model's to predict.
+func (u *unit) checkBuddyDelta(want reference.Alloc, obs *stepObservation) {
+	before, after := obs.Reply.FreeBefore, obs.Reply.FreeAfter
+	delta := make([]int64, len(after))
+	for o := range delta {
+		delta[o] = int64(after[o]) - int64(before[o])
+	}
+	k, ok := reference.ExplainAlloc(delta, want)
+	if !ok {
+		k = want.Order
+	}
+	u.check("buddy_delta", reference.AllocDelta(len(delta), want, k), delta,
+		fmt.Sprintf("free blocks per order before %v, after %v; no split from any order %d..%d explains it", before, after, want.Order, len(delta)-1))
 }
 
 // foreignDelta is the change of free pages that page events between the
