@@ -16,11 +16,7 @@ import (
 // The corpus of broken subjects: each must end with the right exit code,
 // a titled finding and the console tail, within a bounded time.
 func TestBrokenSubjects(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the end-to-end runs that boot a VM")
-	}
-	requireTools(t)
-	bin := harness(t)
+	bin := bootingHarness(t)
 	for _, tc := range []struct {
 		name    string
 		args    []string
@@ -94,11 +90,7 @@ func TestMissingScenarioFile(t *testing.T) {
 // it and writes its results), not after SIGKILL (PDEATHSIG). While QEMU
 // runs, its only listening sockets are on 127.0.0.1.
 func TestNoQEMUSurvivesTheHarness(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the end-to-end runs that boot a VM")
-	}
-	requireTools(t)
-	bin := harness(t)
+	bin := bootingHarness(t)
 	// Orphans of the killed harness become this process's children, so
 	// that a QEMU ended by PDEATHSIG is reaped here, not left a zombie.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {

@@ -74,6 +74,17 @@ func tail(s string, n int) string {
 	return s
 }
 
+// bootingHarness is harness for a test that boots the guest: it needs the
+// host tools, and only -short skips it (saying so).
+func bootingHarness(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skipping an end-to-end run that boots a VM")
+	}
+	requireTools(t)
+	return harness(t)
+}
+
 func requireTools(t *testing.T) {
 	t.Helper()
 	for tool, pkg := range map[string]string{"qemu-system-x86_64": "qemu-system-x86", "ccache": "ccache", "flex": "flex", "bison": "bison"} {
@@ -132,11 +143,7 @@ func readResults(t *testing.T, dir string) (results, string) {
 // The main job: every shipped scenario on Debian's 6.1 with the Pageman
 // series, in both modes, boots a real guest and passes every check.
 func TestMainJobPasses(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the end-to-end run that boots a VM")
-	}
-	requireTools(t)
-	bin := harness(t)
+	bin := bootingHarness(t)
 	before := qemuCount(t)
 	out := t.TempDir()
 	r := runHarness(t, bin, "--results", out)
@@ -163,7 +170,7 @@ func TestMainJobPasses(t *testing.T) {
 		}
 	}
 	for _, n := range []string{"events", "pages_kept", "free_pages_delta", "bytes_alloc", "trace_node", "page_node",
-		"pageman_counters", "kernel_log", "all_pages_back", "pages_freed", "module_unload", "sunreclaim_delta", "module_loaded"} {
+		"pageman_counters", "kernel_log", "all_pages_back", "pages_freed", "module_unload", "sunreclaim_delta", "module_loaded", "buddy_delta"} {
 		if names[n] == 0 {
 			t.Errorf("no %s check in the results", n)
 		}
@@ -222,11 +229,7 @@ func TestNotAKernelImage(t *testing.T) {
 // One random sequence over every path, on the real guest, passes on the
 // corrected Pageman (the model predicts every step of it).
 func TestRandomSequencePasses(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the end-to-end run that boots a VM")
-	}
-	requireTools(t)
-	bin := harness(t)
+	bin := bootingHarness(t)
 	out := t.TempDir()
 	r := runHarness(t, bin, "--seed", "20261204", "--ops", "40", "--results", out)
 	if r.code != 0 {

@@ -8,11 +8,7 @@ import (
 // The seed report's design, run on every scenario (SUBJECT=seed), must
 // end with exit code 1 and a failing check for each of its fault classes.
 func TestSeedDesignIsCaught(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the end-to-end run that boots a VM")
-	}
-	requireTools(t)
-	bin := harness(t)
+	bin := bootingHarness(t)
 	before := qemuCount(t)
 	out := t.TempDir()
 	r := runHarness(t, bin, "--subject", "seed", "--results", out)
