@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -170,6 +169,3 @@ func BuildAgent(ctx context.Context, moduleDir, out string) error {
 	}
 	return nil
 }
-
-// ErrNoModule is returned when no go.mod of this project is found.
-var ErrNoModule = errors.New("pageman-harness source tree not found")

@@ -179,9 +179,13 @@ func (r *run) guestError(s *session, err error) error {
 	return fmt.Errorf("%w (%s); console %s, last lines:\n%s", err, s.state(), s.console, s.vm.Console().Tail(25))
 }
 
-// state says how QEMU is: exited, or its run state from QMP.
+// state says how QEMU is: exited (with the QMP events it sent, such as
+// SHUTDOWN or GUEST_PANICKED), or its run state from QMP.
 func (s *session) state() string {
 	if err := s.vm.Alive(); err != nil {
+		if ev := s.vm.Events(); len(ev) > 0 {
+			return fmt.Sprintf("%v; QMP events: %s", err, strings.Join(ev, ", "))
+		}
 		return err.Error()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
