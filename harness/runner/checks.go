@@ -181,30 +181,46 @@ func (u *unit) errorCheck(name string, err error) {
 // blockEvents picks the trace events of one object: the page events inside
 // its block and the kmalloc or kfree event that match says is its own.
 // Page events are named by offset from the head, as the model names them.
-// The block's pages are the object's until someone allocates one of them
-// again: an alloc step's own mm_page_alloc is the first at the block's
-// head, a free step has none; any later one ends the object's events.
+// Other kernel code may take a page the object gave back, even within
+// the step (a softirq reusing a freed tail page): a later mm_page_alloc in
+// the block marks its pages as someone else's, and events on them are no
+// longer the object's. An alloc step's own event is the first
+// mm_page_alloc at the block's head. It updates obj.held, the pages of the
+// block the object holds.
 func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.Event) bool) ([]reference.Event, *ftrace.Event) {
 	var out []reference.Event
 	var own *ftrace.Event
+	size := uint64(1) << obj.order
+	others := make([]bool, size) // pages someone else allocated meanwhile
 	for i, e := range all {
 		switch e.Name {
 		case "mm_page_alloc", "mm_page_free":
 			if obj.slab {
 				continue // the slab page is shared with other objects
 			}
-			pfn, err := e.Uint("pfn")
-			if err != nil || pfn < obj.pfn || pfn >= obj.pfn+1<<obj.order {
+			pfn, err1 := e.Uint("pfn")
+			order, err2 := e.Uint("order")
+			if err1 != nil || err2 != nil || pfn < obj.pfn || pfn >= obj.pfn+size {
 				continue
 			}
+			lo, hi := pfn-obj.pfn, min(pfn-obj.pfn+1<<order, size)
 			if e.Name == "mm_page_alloc" {
-				if !alloc || pfn != obj.pfn {
-					return out, own // a page of the block reused
+				if alloc && pfn == obj.pfn && obj.held == nil {
+					obj.held = make([]bool, size)
+					mark(obj.held, lo, hi, true)
+				} else {
+					mark(others, lo, hi, true)
+					continue
 				}
-				alloc = false
+			} else {
+				if anyMarked(others, lo, hi) {
+					continue
+				}
+				if obj.held != nil {
+					mark(obj.held, lo, hi, false)
+				}
 			}
-			order, _ := e.Uint("order")
-			out = append(out, reference.Event{Name: e.Name, Offset: pfn - obj.pfn, Order: int(order)})
+			out = append(out, reference.Event{Name: e.Name, Offset: lo, Order: int(order)})
 		case "kmalloc", "kfree":
 			if !strings.Contains(e.Fields["call_site"], "[pageman_probe]") || !match(e) {
 				continue
@@ -221,6 +237,21 @@ func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.
 		}
 	}
 	return out, own
+}
+
+func mark(pages []bool, lo, hi uint64, v bool) {
+	for p := lo; p < hi; p++ {
+		pages[p] = v
+	}
+}
+
+func anyMarked(pages []bool, lo, hi uint64) bool {
+	for p := lo; p < hi; p++ {
+		if pages[p] {
+			return true
+		}
+	}
+	return false
 }
 
 func eventStrings(events []reference.Event) []string {

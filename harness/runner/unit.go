@@ -62,6 +62,7 @@ type object struct {
 	order  int    // get_order() of its size
 	ptr    string // hashed pointer of its kmalloc event, to find its kfree
 	slab   bool   // served by a slab cache: its page is not its own
+	held   []bool // pages of its block it holds, from its alloc step's events
 }
 
 // errSessionLost marks an error after which the guest cannot go on.
