@@ -57,7 +57,18 @@ type Results struct {
 	Timings  map[string]string `json:"timings"`
 	Checks   []Check           `json:"checks"`
 	Findings []Finding         `json:"findings"`
-	Console  string            `json:"console_log"`
+	// Divergences are the scenarios where the module under test fails
+	// checks while the same steps without it (vanilla) pass them all.
+	Divergences []Divergence `json:"divergences"`
+	Console     string       `json:"console_log"`
+}
+
+// Divergence is a scenario where Pageman diverges from the model while
+// the base behaviour does not.
+type Divergence struct {
+	Scenario string `json:"scenario"`
+	Failed   int    `json:"failed_checks"`
+	First    Check  `json:"first"`
 }
 
 // Kernel identifies the kernel under test.
@@ -72,6 +83,7 @@ type Kernel struct {
 // Decide sets the verdict: error if the harness could not finish, else
 // fail if any check failed, error if any could not be made, else pass.
 func (r *Results) Decide() {
+	r.Divergences = divergences(r.Checks)
 	failed, errored := false, r.Error != ""
 	for _, c := range r.Checks {
 		failed = failed || c.Status == Fail
@@ -87,6 +99,36 @@ func (r *Results) Decide() {
 	default:
 		r.Verdict = Pass
 	}
+}
+
+// divergences finds the scenarios whose pageman mode failed checks while
+// their vanilla mode ran and failed none.
+func divergences(checks []Check) []Divergence {
+	vanillaRan, vanillaFailed := map[string]bool{}, map[string]bool{}
+	var order []string
+	byScenario := map[string]*Divergence{}
+	for _, c := range checks {
+		switch {
+		case c.Mode == "vanilla":
+			vanillaRan[c.Scenario] = true
+			vanillaFailed[c.Scenario] = vanillaFailed[c.Scenario] || c.Status != Pass
+		case c.Mode == "pageman" && c.Status == Fail:
+			d := byScenario[c.Scenario]
+			if d == nil {
+				d = &Divergence{Scenario: c.Scenario, First: c}
+				byScenario[c.Scenario] = d
+				order = append(order, c.Scenario)
+			}
+			d.Failed++
+		}
+	}
+	out := []Divergence{}
+	for _, s := range order {
+		if vanillaRan[s] && !vanillaFailed[s] {
+			out = append(out, *byScenario[s])
+		}
+	}
+	return out
 }
 
 // ExitCode is what the harness exits with: 0 pass, 1 a check failed, 2 the
@@ -249,6 +291,10 @@ func (r *Results) PrintSummary(w io.Writer) {
 	sort.Strings(ts)
 	for _, t := range ts {
 		fmt.Fprintf(w, "FINDING %s x%d\n", t, titles[t])
+	}
+	for _, d := range r.Divergences {
+		fmt.Fprintf(w, "DIVERGES %s: with the module loaded %d checks fail that pass without it; first %s %s: expected %s, observed %s\n",
+			d.Scenario, d.Failed, d.First.Step, d.First.Name, Show(d.First.Expected), Show(d.First.Observed))
 	}
 	if r.Error != "" {
 		fmt.Fprintf(w, "ERROR %s\n", r.Error)

@@ -281,6 +281,34 @@ func keptPages(events []reference.Event, order int) any {
 	return "no mm_page_alloc event at the block's head"
 }
 
+// checkEvents compares the object's trace events with the model's; on a
+// mismatch the detail names the first divergent event, then the trace.
+func (u *unit) checkEvents(want, got []reference.Event, trace []ftrace.Event) {
+	w, g := eventStrings(want), eventStrings(got)
+	u.check("events", w, g, divergence(w, g)+"\n"+traceDetail(trace))
+}
+
+// divergence says where two event sequences first differ, with the
+// events around it.
+func divergence(want, got []string) string {
+	i := 0
+	for i < len(want) && i < len(got) && want[i] == got[i] {
+		i++
+	}
+	at := func(s []string, i int) string {
+		if i < len(s) {
+			return s[i]
+		}
+		return "(none)"
+	}
+	before := "(the first)"
+	if i > 0 {
+		before = want[i-1]
+	}
+	return fmt.Sprintf("first divergent event #%d: expected %s, observed %s; the event before it: %s; next expected %s, next observed %s",
+		i+1, at(want, i), at(got, i), before, at(want, i+1), at(got, i+1))
+}
+
 // traceDetail is the step's trace, for a failed event check.
 func traceDetail(events []ftrace.Event) string {
 	var b strings.Builder

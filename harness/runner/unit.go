@@ -256,7 +256,7 @@ func (u *unit) alloc(ctx context.Context, st scenario.Step) error {
 		req, err := e.Uint("bytes_req")
 		return e.Name == "kmalloc" && err == nil && req == size
 	})
-	u.check("events", eventStrings(want.Events()), eventStrings(events), traceDetail(obs.events))
+	u.checkEvents(want.Events(), events, obs.events)
 	if !want.Slab {
 		u.check("pages_kept", want.Kept, keptPages(events, obj.order), "2^order minus the pages freed inside the block during the step (mm_page_free)")
 		if u.checkDelta(-int64(want.Kept), obs, events) {
@@ -323,7 +323,7 @@ func (u *unit) free(ctx context.Context, name string, sizeExpr scenario.Size) er
 	events, _ := blockEvents(obs.events, obj, false, func(e ftrace.Event) bool {
 		return e.Name == "kfree" && obj.ptr != "" && e.Fields["ptr"] == obj.ptr
 	})
-	u.check("events", eventStrings(want.Events()), eventStrings(events), traceDetail(obs.events))
+	u.checkEvents(want.Events(), events, obs.events)
 	if !want.Slab {
 		u.check("pages_freed", want.Pages, freedPages(events), "pages of the block freed during the step (mm_page_free)")
 		u.checkDelta(int64(want.Pages), obs, events)
