@@ -15,8 +15,9 @@
  *                            online nodes, for the harness's model
  *   fault KIND               break the kernel on purpose, so the harness's
  *                            own tests can show it reports a broken kernel:
- *                            warn (WARN), oops (NULL dereference) or hang
- *                            (spin with preemption off)
+ *                            warn (WARN), oops (NULL dereference), hang
+ *                            (spin with preemption off) or block (sleep
+ *                            uninterruptibly for good)
  *
  * Each reply gives the free blocks per order, summed over all zones, just
  * before and just after the request, with the per-CPU page lists drained
@@ -277,6 +278,10 @@ static int do_fault(const char *kind)
 		preempt_disable();
 		for (;;)
 			cpu_relax();
+	}
+	if (!strcmp(kind, "block")) {
+		for (;;)
+			schedule_timeout_uninterruptible(MAX_SCHEDULE_TIMEOUT);
 	}
 	return -EINVAL;
 }

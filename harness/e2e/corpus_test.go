@@ -38,6 +38,8 @@ func TestBrokenSubjects(t *testing.T) {
 			1, "fail", "WARNING: WARNING in probe_write", time.Minute, "WARNING: CPU: 0 PID:"},
 		{"probe step hangs the guest", []string{"--scenario", "harness/e2e/testdata/fault-hang.scn"},
 			1, "fail", "hang: guest stopped answering", 90 * time.Second, "last lines:"},
+		{"probe step blocks for good", []string{"--scenario", "harness/e2e/testdata/fault-block.scn"},
+			1, "fail", "hung task: hung task uinit", 90 * time.Second, "last lines:"},
 		{"guest SSH server killed", []string{"--scenario", "harness/e2e/testdata/fault-kill-ssh.scn"},
 			2, "error", "lost connection: lost connection to the guest", time.Minute, "last lines:"},
 		{"QEMU killed", []string{"--scenario", "harness/e2e/testdata/fault-kill-qemu.scn"},

@@ -82,6 +82,13 @@ func (u *unit) fault(ctx context.Context, kind string) error {
 		if _, err := u.r.guest(ctx, u.s, "kill-ssh"); err != nil {
 			return u.lost(err)
 		}
+	case "block":
+		// The hung-task detector's default is 120s; make it report the
+		// blocked step within the step timeout.
+		if _, err := u.r.guest(ctx, u.s, "write /proc/sys/kernel/hung_task_timeout_secs 3"); err != nil {
+			return u.lost(err)
+		}
+		fallthrough
 	default:
 		obs, err := u.probeStep(ctx, "fault "+kind)
 		if obs == nil {

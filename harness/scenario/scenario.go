@@ -22,8 +22,9 @@
 // double-free NAME of an object already freed (ENOENT).
 //
 // "fault KIND" breaks the guest on purpose, to test the harness itself:
-// warn, oops and hang in the kernel (through the probe module), kill-ssh
-// (the guest's SSH server stops) and kill-qemu (the host kills QEMU).
+// warn, oops, hang (spin) and block (sleep uninterruptibly) in the kernel,
+// through the probe module; kill-ssh (the guest's SSH server stops) and
+// kill-qemu (the host kills QEMU).
 package scenario
 
 import (
@@ -68,7 +69,7 @@ const (
 var Misuses = []string{"zero-size", "unknown-handle", "double-free"}
 
 // Faults are the kinds a fault step may name.
-var Faults = []string{"warn", "oops", "hang", "kill-ssh", "kill-qemu"}
+var Faults = []string{"warn", "oops", "hang", "block", "kill-ssh", "kill-qemu"}
 
 // Step is one line of a scenario.
 type Step struct {
