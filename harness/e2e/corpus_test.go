@@ -37,7 +37,7 @@ func TestBrokenSubjects(t *testing.T) {
 		{"probe step warns", []string{"--scenario", "harness/e2e/testdata/fault-warn.scn"},
 			1, "fail", "WARNING: WARNING in probe_write", time.Minute, "WARNING: CPU: 0 PID:"},
 		{"probe step hangs the guest", []string{"--scenario", "harness/e2e/testdata/fault-hang.scn"},
-			1, "fail", "hang: guest stopped answering", 90 * time.Second, "last lines:"},
+			1, "fail", "no output: no output from the guest", 90 * time.Second, "last lines:"},
 		{"probe step blocks for good", []string{"--scenario", "harness/e2e/testdata/fault-block.scn"},
 			1, "fail", "hung task: hung task uinit", 90 * time.Second, "last lines:"},
 		{"guest SSH server killed", []string{"--scenario", "harness/e2e/testdata/fault-kill-ssh.scn"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/pageman/pageman-harness/harness/report"
@@ -28,7 +29,7 @@ const settle = 2 * time.Second
 // harness's own. A kernel fault, a hang or no output fails the unit; a lost
 // connection or QEMU exiting with nothing from the kernel is an error, as
 // the harness cannot tell who is at fault.
-func (u *unit) sessionLost(cause error, consoleAt int, findingsAt int) {
+func (u *unit) sessionLost(cause error, findingsAt int) {
 	select {
 	case <-u.s.vm.Exited():
 	case <-time.After(settle):
@@ -44,7 +45,7 @@ func (u *unit) sessionLost(cause error, consoleAt int, findingsAt int) {
 	case len(kernel) > 0:
 	case errors.Is(cause, errNoReply) && u.s.vm.Alive() == nil:
 		kind, title := kindHang, "guest stopped answering"
-		if u.s.vm.Console().Len() == consoleAt {
+		if u.consoleSilent() {
 			kind, title = kindNoOutput, "no output from the guest"
 		}
 		own = &report.Finding{Kind: kind, Title: title}
@@ -64,6 +65,21 @@ func (u *unit) sessionLost(cause error, consoleAt int, findingsAt int) {
 	u.r.res.Checks = append(u.r.res.Checks, report.Check{Scenario: u.sc.Name, Mode: u.mode.name, Step: u.step,
 		Name: "guest_alive", Status: status, Expected: "the guest answers", Observed: kernel,
 		Detail: fmt.Sprintf("%v\nconsole %s, last lines:\n%s", cause, u.s.console, u.s.vm.Console().Tail(20))})
+}
+
+// consoleSilent reports whether the console printed nothing since the
+// current step began but the step's own marker.
+func (u *unit) consoleSilent() bool {
+	text := u.s.vm.Console().String()
+	if u.consoleAt > len(text) {
+		return true
+	}
+	for _, line := range strings.Split(text[u.consoleAt:], "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.Contains(line, markPrefix) {
+			return false
+		}
+	}
+	return true
 }
 
 // fault runs a fault step, then asks the guest whether it is still there.

@@ -47,6 +47,7 @@ type unit struct {
 	failedAsPredicted map[string]bool
 	freed             map[string]int     // probe handles of freed objects
 	loaded            bool               // the module under test is loaded
+	consoleAt         int                // console length when the current step began
 	step              string             // the current step's label
 	counters          reference.Counters // the model's counters after the last step
 	// Net free-page change over the unit, as the model predicts and as the
@@ -80,14 +81,14 @@ func (r *run) runUnit(ctx context.Context, s *session, sc *scenario.Scenario, m 
 		u.errorCheck("model", err)
 		return true
 	}
-	consoleAt, findingsAt := s.vm.Console().Len(), len(r.res.Findings)
+	findingsAt := len(r.res.Findings)
 	err = u.run(ctx)
 	switch {
 	case ctx.Err() != nil:
 		u.errorCheck("interrupted", ctx.Err())
 		return false
 	case errors.Is(err, errSessionLost):
-		u.sessionLost(err, consoleAt, findingsAt)
+		u.sessionLost(err, findingsAt)
 		return false
 	case err != nil:
 		u.errorCheck("guest", err)
@@ -368,6 +369,7 @@ func (u *unit) probeStep(ctx context.Context, request string) (*stepObservation,
 // mark returns the kernel log marker of the current step, and remembers
 // which step it names.
 func (u *unit) mark() string {
+	u.consoleAt = u.s.vm.Console().Len()
 	mark := fmt.Sprintf("%s%s/%s#%s", markPrefix, u.sc.Name, u.mode.name, strings.Fields(u.step)[0])
 	u.s.marks[mark] = stepRef{u.sc.Name, u.mode.name, u.step}
 	return mark
