@@ -11,7 +11,7 @@ SUBJECT  ?= pageman
 TEST_TIMEOUT ?= 80m
 FUZZ_TIME    ?= 20s
 
-.PHONY: all build run test deps vet unit clean mutants
+.PHONY: all build run test deps vet unit clean mutants bench
 
 all: build
 
@@ -45,3 +45,8 @@ clean:
 # (ccache keeps that to a couple of minutes).
 mutants: deps
 	$(BIN) mutants $(ARGS)
+
+# The cost of allocations and frees in the guest: unpatched kernel, and the
+# Pageman kernel without and with the module (bench/*.scn).
+bench: deps
+	$(BIN) bench $(ARGS)

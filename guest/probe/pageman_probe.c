@@ -11,6 +11,8 @@
  *   free HANDLE [SIZE]       kfree, or free_pages_exact with SIZE (default:
  *                            the allocation's size)
  *   snapshot                 free blocks per order only
+ *   bench PATH SIZE N [NODE] allocate and free N times through PATH, and
+ *                            reply the nanoseconds it took (bench_ns)
  *   info                     page size, orders, KMALLOC_MAX_CACHE_SIZE and
  *                            online nodes, for the harness's model
  *   fault KIND               break the kernel on purpose, so the harness's
@@ -30,6 +32,7 @@
 
 #include <linux/gfp.h>
 #include <linux/kernel.h>
+#include <linux/ktime.h>
 #include <linux/mm.h>
 #include <linux/mmzone.h>
 #include <linux/module.h>
@@ -230,6 +233,46 @@ static int do_alloc(struct probe_reply *r, char *args)
 	return 0;
 }
 
+/* The cost of N allocations and frees through one path, for benchmarks. */
+static int do_bench(struct probe_reply *r, char *args)
+{
+	char *name = strsep(&args, " ");
+	char *size_arg = strsep(&args, " ");
+	char *n_arg = strsep(&args, " ");
+	int node = NUMA_NO_NODE, path;
+	unsigned long i, n;
+	size_t size;
+	u64 start;
+
+	if (!name || !size_arg || !n_arg)
+		return -EINVAL;
+	path = match_string(path_names, ARRAY_SIZE(path_names), name);
+	if (path < 0)
+		return path;
+	if (kstrtoul(size_arg, 0, &size) || !size || kstrtoul(n_arg, 0, &n) ||
+	    !n || n > 1000000 || (args && kstrtoint(args, 0, &node)))
+		return -EINVAL;
+	if ((path == PATH_KMALLOC_LARGE || path == PATH_KMALLOC_LARGE_NODE) &&
+	    size <= KMALLOC_MAX_CACHE_SIZE)
+		return -EINVAL;	/* the callee assumes a large size */
+	if (path == PATH_PAGES_EXACT_NID && node == NUMA_NO_NODE)
+		node = numa_mem_id();
+	start = ktime_get_ns();
+	for (i = 0; i < n; i++) {
+		void *ptr = probe_alloc(path, size, node);
+
+		if (!ptr)
+			return -ENOMEM;
+		if (is_kmalloc_path(path))
+			kfree(ptr);
+		else
+			free_pages_exact(ptr, size);
+		cond_resched();
+	}
+	reply_add(r, "bench_ns %llu\nbench_n %lu\n", ktime_get_ns() - start, n);
+	return 0;
+}
+
 static int do_free(struct probe_reply *r, char *args)
 {
 	char *handle_arg = strsep(&args, " ");
@@ -300,6 +343,8 @@ static int probe_execute(struct probe_reply *r, char *request)
 	}
 	if (!strcmp(verb, "fault"))
 		return do_fault(request);
+	if (!strcmp(verb, "bench"))
+		return do_bench(r, request);
 	if (!strcmp(verb, "info") && !request) {
 		reply_add(r, "page_size %lu\nkmalloc_max_cache_size %lu\nnodes %u\n",
 			  PAGE_SIZE, (unsigned long)KMALLOC_MAX_CACHE_SIZE,

@@ -22,6 +22,9 @@ type Reply struct {
 	// Unreclaimable slab bytes (SUnreclaim, exact) before and after.
 	SUnreclaimBefore, SUnreclaimAfter int64
 
+	// A bench request's result: N allocations and frees took BenchNs.
+	BenchNs, BenchN uint64
+
 	// The info request's constants.
 	PageSize            uint64
 	KmallocMaxCacheSize uint64
@@ -61,6 +64,11 @@ func Free(handle int, size uint64) string {
 	return fmt.Sprintf("free %d %d", handle, size)
 }
 
+// Bench formats a request for the cost of n allocations and frees.
+func Bench(path string, size uint64, n int) string {
+	return fmt.Sprintf("bench %s %d %d", path, size, n)
+}
+
 // Info is the request for the guest's constants.
 const Info = "info"
 
@@ -88,6 +96,10 @@ func ParseReply(text string) (Reply, error) {
 			r.SUnreclaimBefore, err = strconv.ParseInt(f[1], 10, 64)
 		case "sunreclaim_after":
 			r.SUnreclaimAfter, err = strconv.ParseInt(f[1], 10, 64)
+		case "bench_ns":
+			r.BenchNs, err = strconv.ParseUint(f[1], 10, 64)
+		case "bench_n":
+			r.BenchN, err = strconv.ParseUint(f[1], 10, 64)
 		case "order":
 			r.Order, err = strconv.Atoi(f[1])
 		case "nid":

@@ -60,7 +60,20 @@ type Results struct {
 	// Divergences are the scenarios where the module under test fails
 	// checks while the same steps without it (vanilla) pass them all.
 	Divergences []Divergence `json:"divergences"`
-	Console     string       `json:"console_log"`
+	// Measurements are the bench steps' results.
+	Measurements []Measurement `json:"measurements,omitempty"`
+	Console      string        `json:"console_log"`
+}
+
+// Measurement is the cost of allocations and frees timed in the guest.
+type Measurement struct {
+	Scenario string  `json:"scenario"`
+	Mode     string  `json:"mode"`
+	Step     string  `json:"step"`
+	Path     string  `json:"path"`
+	Size     uint64  `json:"size"`
+	Count    uint64  `json:"count"`
+	NsPerOp  float64 `json:"ns_per_op"` // one allocation and its free
 }
 
 // Divergence is a scenario where Pageman diverges from the model while

@@ -110,7 +110,7 @@ type subject struct {
 }
 
 // Subjects are the names --subject takes.
-var Subjects = []string{"pageman", "seed"}
+var Subjects = []string{"pageman", "seed", "vanilla"}
 
 func (o *Options) subject() (subject, error) {
 	guest := filepath.Join(o.Root, "guest")
@@ -118,6 +118,8 @@ func (o *Options) subject() (subject, error) {
 	switch o.Subject {
 	case "pageman": // the corrected design
 		return subject{filepath.Join(guest, "patches"), []string{base}, filepath.Join(guest, "pageman")}, nil
+	case "vanilla": // the kernel without Pageman: only the probe's exports
+		return subject{filepath.Join(guest, "patches", "vanilla"), []string{base}, ""}, nil
 	case "seed": // the seed report's design, known bad
 		return subject{filepath.Join(guest, "patches", "seed"), []string{base, filepath.Join(guest, "config", "seed.config")},
 			filepath.Join(guest, "seed-pageman")}, nil
@@ -244,6 +246,10 @@ func (r *run) execute(ctx context.Context) error {
 	for _, sc := range scenarios {
 		for _, name := range sc.Modes {
 			mode := modes[name]
+			if mode.load && r.module == "" {
+				r.o.Log.Info("no module under test: pageman mode not run", "scenario", sc.Name, "subject", r.o.Subject)
+				continue
+			}
 			if s == nil {
 				if s, err = r.boot(ctx); err != nil {
 					return r.bootFailed(sc, mode, err)
@@ -314,7 +320,11 @@ func (r *run) prepare(ctx context.Context) error {
 
 	t = time.Now()
 	var files []initramfs.File
-	for _, dir := range []string{subj.module, filepath.Join(o.Root, "guest", "probe")} {
+	dirs := []string{filepath.Join(o.Root, "guest", "probe")}
+	if subj.module != "" {
+		dirs = append(dirs, subj.module)
+	}
+	for _, dir := range dirs {
 		kos, err := kernel.BuildModule(ctx, r.build, dir, o.CacheDir, o.Jobs)
 		if err != nil {
 			return err

@@ -120,6 +120,8 @@ func (u *unit) run(ctx context.Context) error {
 			err = u.unload(ctx)
 		case scenario.Misuse:
 			err = u.misuse(ctx, st)
+		case scenario.Bench:
+			err = u.bench(ctx, st)
 		}
 		if err != nil {
 			return err
@@ -209,6 +211,26 @@ func (u *unit) misuse(ctx context.Context, st scenario.Step) error {
 		return err
 	}
 	u.check("status", want, errnoName(obs.Reply.Status), "")
+	return nil
+}
+
+// bench times allocations and frees in the guest and records the cost.
+func (u *unit) bench(ctx context.Context, st scenario.Step) error {
+	size, err := st.Size.Bytes(u.s.guest)
+	if err != nil {
+		u.errorCheck("size", err)
+		return nil
+	}
+	obs, err := u.probeStep(ctx, probe.Bench(string(st.Path), size, st.Count))
+	if obs == nil {
+		return err
+	}
+	u.check("status", "0", errnoName(obs.Reply.Status), "")
+	if obs.Reply.Status == 0 && obs.Reply.BenchN > 0 {
+		u.r.res.Measurements = append(u.r.res.Measurements, report.Measurement{Scenario: u.sc.Name, Mode: u.mode.name,
+			Step: u.step, Path: string(st.Path), Size: size, Count: obs.Reply.BenchN,
+			NsPerOp: float64(obs.Reply.BenchNs) / float64(obs.Reply.BenchN)})
+	}
 	return nil
 }
 

@@ -21,6 +21,9 @@
 // must refuse cleanly: zero-size (EINVAL), unknown-handle (ENOENT),
 // double-free NAME of an object already freed (ENOENT).
 //
+// "bench PATH SIZE COUNT" times COUNT allocations and frees in the guest
+// (a measurement, not a check).
+//
 // "fault KIND" breaks the guest on purpose, to test the harness itself:
 // warn, oops, hang (spin) and block (sleep uninterruptibly) in the kernel,
 // through the probe module; kill-ssh (the guest's SSH server stops) and
@@ -63,6 +66,7 @@ const (
 	UnloadModule Op = "unload"
 	LoadModule   Op = "load"
 	Misuse       Op = "misuse"
+	Bench        Op = "bench"
 )
 
 // Misuses are the kinds a misuse step may name.
@@ -80,6 +84,7 @@ type Step struct {
 	Size   Size           // alloc: bytes to ask for; free: size to pass (zero: the allocation's)
 	Node   int            // alloc: node to ask for, reference.NoNode if none
 	Fault  string         // fault: one of Faults; misuse: one of Misuses
+	Count  int            // bench: allocations and frees to time
 }
 
 // String gives the step as the scenario wrote it (normalised).
@@ -89,6 +94,8 @@ func (s Step) String() string {
 		return strings.TrimSpace(fmt.Sprintf("%s %s %s", s.Op, s.Fault, s.Object))
 	case LoadModule, UnloadModule:
 		return string(s.Op)
+	case Bench:
+		return fmt.Sprintf("bench %s %s %d", s.Path, s.Size, s.Count)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s", s.Op, s.Object)
@@ -346,6 +353,21 @@ func parseStep(f []string) (Step, error) {
 	case LoadModule, UnloadModule:
 		if len(f) != 1 {
 			return s, fmt.Errorf("want: %s (no arguments)", s.Op)
+		}
+		return s, nil
+	case Bench:
+		if len(f) != 4 {
+			return s, fmt.Errorf("want: bench PATH SIZE COUNT")
+		}
+		var err error
+		if s.Path, err = reference.ParsePath(f[1]); err != nil {
+			return s, err
+		}
+		if s.Size, err = ParseSize(f[2]); err != nil {
+			return s, err
+		}
+		if s.Count, err = strconv.Atoi(f[3]); err != nil || s.Count < 1 || s.Count > 1000000 {
+			return s, fmt.Errorf("count %q: want 1 to 1000000", f[3])
 		}
 		return s, nil
 	case Misuse:

@@ -88,15 +88,20 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 	}
 }
 
-// The scenarios shipped in scenarios/ all parse.
+// The scenarios shipped in scenarios/ and bench/ all parse.
 func TestShippedScenarios(t *testing.T) {
 	scs, err := LoadDir(filepath.Join("..", "..", "scenarios"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	bench, err := LoadDir(filepath.Join("..", "..", "bench"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scs = append(scs, bench...)
 	for _, sc := range scs {
 		for _, st := range sc.Steps {
-			if st.Op == Alloc {
+			if st.Op == Alloc || st.Op == Bench {
 				if _, err := st.Size.Bytes(guest); err != nil {
 					t.Errorf("%s:%d: %v", sc.File, st.Line, err)
 				}

@@ -36,6 +36,8 @@ commands:
   run      build the kernel and modules, boot the guest, run the scenarios
   mutants  run the scenarios against each deliberately wrong Pageman (guest/mutants)
            and print "mutants caught: X/Y"
+  bench    time allocations and frees in the guest (bench/*.scn) on the unpatched
+           kernel, and on the Pageman kernel without and with the module
   deps     check and install (apt-get, as root) the host packages it needs
 
 Run "pageman-harness run --help" for the flags of run.
@@ -56,6 +58,8 @@ func main() {
 		code = deps(ctx, os.Args[2:], os.Stderr)
 	case "mutants":
 		code = runMutants(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	case "bench":
+		code = runBench(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 	default:
@@ -80,7 +84,7 @@ func runFlags(fs *flag.FlagSet, o *runner.Options, scenarios *repeated, verbose 
 	fs.Var(scenarios, "scenario", "scenario file to run; repeatable (default: every scenarios/*.scn)")
 	fs.StringVar(&o.ResultsDir, "results", "", "directory for results; each run writes RESULTS/<run>/ (default: ROOT/results)")
 	fs.StringVar(&o.Accel, "accel", "auto", "auto: KVM only once a trial boot proves it works, else TCG; kvm or tcg force one")
-	fs.StringVar(&o.Subject, "subject", "pageman", "what to test: pageman (the corrected design) or seed (the seed report's design, known bad)")
+	fs.StringVar(&o.Subject, "subject", "pageman", "what to test: pageman (the corrected design), seed (the seed report's design, known bad)\nor vanilla (the kernel without Pageman: vanilla mode only)")
 	fs.StringVar(&o.Module, "module", "", "out-of-tree module directory to load instead of the subject's (e.g. a broken variant)")
 	fs.StringVar(&o.Cmdline, "append", "", "extra kernel command line for the guest")
 	fs.StringVar(&o.CacheDir, "cache", runner.DefaultCacheDir(), "cache of kernel builds, modules, the u-root image and ccache")
