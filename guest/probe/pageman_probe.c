@@ -11,7 +11,7 @@
  *   free HANDLE [SIZE]       kfree, or free_pages_exact with SIZE (default:
  *                            the allocation's size)
  *   snapshot                 free blocks per order only
- *   bench PATH SIZE N [NODE] allocate and free N times through PATH, and
+ *   bench N PATH SIZE [NODE] allocate and free N times through PATH, and
  *                            reply the nanoseconds it took (bench_ns)
  *   info                     page size, orders, KMALLOC_MAX_CACHE_SIZE and
  *                            online nodes, for the harness's model
@@ -186,32 +186,59 @@ static bool is_kmalloc_path(enum probe_path path)
 	return path != PATH_PAGES_EXACT && path != PATH_PAGES_EXACT_NID;
 }
 
-static int do_alloc(struct probe_reply *r, char *args)
+static void probe_free(enum probe_path path, void *ptr, size_t size)
+{
+	if (is_kmalloc_path(path))
+		kfree(ptr);
+	else
+		free_pages_exact(ptr, size);
+}
+
+struct alloc_request {
+	enum probe_path path;
+	size_t size;
+	int node;
+};
+
+/* Parse "PATH SIZE [NODE]", refusing what the callee must not be given. */
+static int parse_alloc_request(char *args, struct alloc_request *req)
 {
 	char *name = strsep(&args, " ");
 	char *size_arg = strsep(&args, " ");
-	int node = NUMA_NO_NODE;
-	int path, slot;
-	size_t size;
-	void *ptr;
+	int path;
 
 	if (!name || !size_arg)
 		return -EINVAL;
 	path = match_string(path_names, ARRAY_SIZE(path_names), name);
 	if (path < 0)
 		return path;
-	if (kstrtoul(size_arg, 0, &size) || !size)
+	req->path = path;
+	req->node = NUMA_NO_NODE;
+	if (kstrtoul(size_arg, 0, &req->size) || !req->size)
 		return -EINVAL;
-	if (args && kstrtoint(args, 0, &node))
+	if (args && kstrtoint(args, 0, &req->node))
 		return -EINVAL;
-	if (node != NUMA_NO_NODE && (node < 0 || node >= MAX_NUMNODES ||
-				     !node_online(node)))
+	if (req->node != NUMA_NO_NODE &&
+	    (req->node < 0 || req->node >= MAX_NUMNODES ||
+	     !node_online(req->node)))
 		return -EINVAL;
 	if ((path == PATH_KMALLOC_LARGE || path == PATH_KMALLOC_LARGE_NODE) &&
-	    size <= KMALLOC_MAX_CACHE_SIZE)
+	    req->size <= KMALLOC_MAX_CACHE_SIZE)
 		return -EINVAL;	/* the callee assumes a large size */
-	if (path == PATH_PAGES_EXACT_NID && node == NUMA_NO_NODE)
-		node = numa_mem_id();
+	if (path == PATH_PAGES_EXACT_NID && req->node == NUMA_NO_NODE)
+		req->node = numa_mem_id();
+	return 0;
+}
+
+static int do_alloc(struct probe_reply *r, char *args)
+{
+	struct alloc_request req;
+	int slot, ret;
+	void *ptr;
+
+	ret = parse_alloc_request(args, &req);
+	if (ret)
+		return ret;
 
 	for (slot = 0; slot < PROBE_SLOTS && objects[slot].ptr; slot++)
 		;
@@ -219,16 +246,16 @@ static int do_alloc(struct probe_reply *r, char *args)
 		return -ENOSPC;
 
 	reply_free_blocks(r, "before");
-	ptr = probe_alloc(path, size, node);
+	ptr = probe_alloc(req.path, req.size, req.node);
 	reply_free_blocks(r, "after");
 	if (!ptr)
 		return -ENOMEM;
 
-	objects[slot] = (struct probe_object){ ptr, size, path,
+	objects[slot] = (struct probe_object){ ptr, req.size, req.path,
 					       objects[slot].gen + 1 };
 	reply_add(r, "handle %u\npfn 0x%lx\norder %u\nnid %d\n",
 		  objects[slot].gen * PROBE_SLOTS + slot,
-		  page_to_pfn(virt_to_page(ptr)), get_order(size),
+		  page_to_pfn(virt_to_page(ptr)), get_order(req.size),
 		  page_to_nid(virt_to_page(ptr)));
 	return 0;
 }
@@ -236,37 +263,24 @@ static int do_alloc(struct probe_reply *r, char *args)
 /* The cost of N allocations and frees through one path, for benchmarks. */
 static int do_bench(struct probe_reply *r, char *args)
 {
-	char *name = strsep(&args, " ");
-	char *size_arg = strsep(&args, " ");
 	char *n_arg = strsep(&args, " ");
-	int node = NUMA_NO_NODE, path;
+	struct alloc_request req;
 	unsigned long i, n;
-	size_t size;
 	u64 start;
+	int ret;
 
-	if (!name || !size_arg || !n_arg)
+	if (!n_arg || kstrtoul(n_arg, 0, &n) || !n || n > 1000000)
 		return -EINVAL;
-	path = match_string(path_names, ARRAY_SIZE(path_names), name);
-	if (path < 0)
-		return path;
-	if (kstrtoul(size_arg, 0, &size) || !size || kstrtoul(n_arg, 0, &n) ||
-	    !n || n > 1000000 || (args && kstrtoint(args, 0, &node)))
-		return -EINVAL;
-	if ((path == PATH_KMALLOC_LARGE || path == PATH_KMALLOC_LARGE_NODE) &&
-	    size <= KMALLOC_MAX_CACHE_SIZE)
-		return -EINVAL;	/* the callee assumes a large size */
-	if (path == PATH_PAGES_EXACT_NID && node == NUMA_NO_NODE)
-		node = numa_mem_id();
+	ret = parse_alloc_request(args, &req);
+	if (ret)
+		return ret;
 	start = ktime_get_ns();
 	for (i = 0; i < n; i++) {
-		void *ptr = probe_alloc(path, size, node);
+		void *ptr = probe_alloc(req.path, req.size, req.node);
 
 		if (!ptr)
 			return -ENOMEM;
-		if (is_kmalloc_path(path))
-			kfree(ptr);
-		else
-			free_pages_exact(ptr, size);
+		probe_free(req.path, ptr, req.size);
 		cond_resched();
 	}
 	reply_add(r, "bench_ns %llu\nbench_n %lu\n", ktime_get_ns() - start, n);
@@ -292,10 +306,7 @@ static int do_free(struct probe_reply *r, char *args)
 
 	reply_add(r, "pfn 0x%lx\n", page_to_pfn(virt_to_page(obj->ptr)));
 	reply_free_blocks(r, "before");
-	if (is_kmalloc_path(obj->path))
-		kfree(obj->ptr);
-	else
-		free_pages_exact(obj->ptr, size);
+	probe_free(obj->path, obj->ptr, size);
 	reply_free_blocks(r, "after");
 	obj->ptr = NULL;
 	return 0;
@@ -419,12 +430,9 @@ static void __exit probe_exit(void)
 
 	remove_proc_entry("pageman_probe", NULL);
 	for (slot = 0; slot < PROBE_SLOTS; slot++) {
-		if (!objects[slot].ptr)
-			continue;
-		if (is_kmalloc_path(objects[slot].path))
-			kfree(objects[slot].ptr);
-		else
-			free_pages_exact(objects[slot].ptr, objects[slot].size);
+		if (objects[slot].ptr)
+			probe_free(objects[slot].path, objects[slot].ptr,
+				   objects[slot].size);
 	}
 }
 

@@ -66,7 +66,7 @@ func Free(handle int, size uint64) string {
 
 // Bench formats a request for the cost of n allocations and frees.
 func Bench(path string, size uint64, n int) string {
-	return fmt.Sprintf("bench %s %d %d", path, size, n)
+	return fmt.Sprintf("bench %d %s %d", n, path, size)
 }
 
 // Info is the request for the guest's constants.
@@ -75,6 +75,13 @@ const Info = "info"
 // ParseReply parses a reply.
 func ParseReply(text string) (Reply, error) {
 	r := Reply{Handle: -1}
+	// Where each one-number key goes.
+	ints := map[string]*int{"orders": &r.Orders, "status": &r.Status, "handle": &r.Handle,
+		"order": &r.Order, "nid": &r.Node, "nodes": &r.Nodes}
+	uints := map[string]*uint64{"pfn": &r.PFN, "bench_ns": &r.BenchNs, "bench_n": &r.BenchN,
+		"page_size": &r.PageSize, "kmalloc_max_cache_size": &r.KmallocMaxCacheSize}
+	int64s := map[string]*int64{"sunreclaim_before": &r.SUnreclaimBefore, "sunreclaim_after": &r.SUnreclaimAfter}
+	lists := map[string]*[]uint64{"free_before": &r.FreeBefore, "free_after": &r.FreeAfter}
 	seen := false
 	for i, line := range strings.Split(strings.TrimSpace(text), "\n") {
 		f := strings.Fields(line)
@@ -82,55 +89,28 @@ func ParseReply(text string) (Reply, error) {
 			return r, fmt.Errorf("probe reply line %d: %q", i+1, line)
 		}
 		var err error
-		switch f[0] {
-		case "orders":
-			r.Orders, err = strconv.Atoi(f[1])
-		case "status":
-			r.Status, err = strconv.Atoi(f[1])
-			seen = true
-		case "handle":
-			r.Handle, err = strconv.Atoi(f[1])
-		case "pfn":
-			r.PFN, err = strconv.ParseUint(f[1], 0, 64)
-		case "sunreclaim_before":
-			r.SUnreclaimBefore, err = strconv.ParseInt(f[1], 10, 64)
-		case "sunreclaim_after":
-			r.SUnreclaimAfter, err = strconv.ParseInt(f[1], 10, 64)
-		case "bench_ns":
-			r.BenchNs, err = strconv.ParseUint(f[1], 10, 64)
-		case "bench_n":
-			r.BenchN, err = strconv.ParseUint(f[1], 10, 64)
-		case "order":
-			r.Order, err = strconv.Atoi(f[1])
-		case "nid":
-			r.Node, err = strconv.Atoi(f[1])
-		case "page_size":
-			r.PageSize, err = strconv.ParseUint(f[1], 10, 64)
-		case "kmalloc_max_cache_size":
-			r.KmallocMaxCacheSize, err = strconv.ParseUint(f[1], 10, 64)
-		case "nodes":
-			r.Nodes, err = strconv.Atoi(f[1])
-		case "free_before", "free_after":
-			var counts []uint64
+		if dst, ok := ints[f[0]]; ok {
+			*dst, err = strconv.Atoi(f[1])
+		} else if dst, ok := uints[f[0]]; ok {
+			*dst, err = strconv.ParseUint(f[1], 0, 64)
+		} else if dst, ok := int64s[f[0]]; ok {
+			*dst, err = strconv.ParseInt(f[1], 10, 64)
+		} else if dst, ok := lists[f[0]]; ok {
+			*dst = nil
 			for _, c := range f[1:] {
-				n, perr := strconv.ParseUint(c, 10, 64)
-				if perr != nil {
-					err = perr
+				var n uint64
+				if n, err = strconv.ParseUint(c, 10, 64); err != nil {
 					break
 				}
-				counts = append(counts, n)
+				*dst = append(*dst, n)
 			}
-			if f[0] == "free_before" {
-				r.FreeBefore = counts
-			} else {
-				r.FreeAfter = counts
-			}
-		default:
+		} else {
 			err = fmt.Errorf("unknown key %q", f[0])
 		}
 		if err != nil {
 			return r, fmt.Errorf("probe reply line %d %q: %w", i+1, line, err)
 		}
+		seen = seen || f[0] == "status"
 	}
 	if !seen {
 		return r, fmt.Errorf("probe reply without status: %q", text)

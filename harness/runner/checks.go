@@ -22,7 +22,7 @@ import (
 // page events, traced between the probe's two count marks and not the
 // object's own, are taken out of the measured change, and listed.
 // It reports whether no other kernel code changed free pages meanwhile.
-func (u *unit) checkDelta(want int64, obs *stepObservation, own []reference.Event) bool {
+func (u *unit) checkDelta(want int64, obs *stepObservation, own selection) bool {
 	measured := int64(probe.FreePages(obs.Reply.FreeAfter)) - int64(probe.FreePages(obs.Reply.FreeBefore))
 	foreign, lines := foreignDelta(obs.events, own)
 	got := measured - foreign
@@ -56,10 +56,10 @@ func (u *unit) checkBuddyDelta(want reference.Alloc, obs *stepObservation) {
 		fmt.Sprintf("free blocks per order before %v, after %v; no split from any order %d..%d explains it", before, after, want.Order, len(delta)-1))
 }
 
-// foreignDelta is the change of free pages that page events between the
-// probe's count marks (kfree(NULL) from the probe) made, less the object's
-// own events, with the foreign events' lines.
-func foreignDelta(all []ftrace.Event, own []reference.Event) (int64, []string) {
+// foreignDelta is the change of free pages made by the page events
+// between the probe's count marks (its kfree(NULL) calls) that are not the
+// object's own, with those events' lines.
+func foreignDelta(all []ftrace.Event, own selection) (int64, []string) {
 	var marks []int
 	for i, e := range all {
 		if e.Name == "kfree" && strings.Contains(e.Fields["call_site"], "[pageman_probe]") && strings.Trim(e.Fields["ptr"], "0") == "" {
@@ -69,52 +69,30 @@ func foreignDelta(all []ftrace.Event, own []reference.Event) (int64, []string) {
 	if len(marks) < 2 {
 		return 0, nil
 	}
-	var window int64
+	var delta int64
 	var lines []string
-	for _, e := range all[marks[0]+1 : marks[len(marks)-1]] {
-		if d, ok := pageDelta(e.Name, e); ok {
-			window += d
-			lines = append(lines, strings.TrimSpace(e.Line))
+	for i := marks[0] + 1; i < marks[len(marks)-1]; i++ {
+		if d, ok := pageDelta(all[i]); ok && !own.index[i] {
+			delta += d
+			lines = append(lines, strings.TrimSpace(all[i].Line))
 		}
 	}
-	var mine int64
-	for _, e := range own {
-		switch e.Name {
-		case "mm_page_free":
-			mine += 1 << e.Order
-		case "mm_page_alloc":
-			mine -= 1 << e.Order
-		}
-	}
-	if window == mine && len(lines) == len(ownPageEvents(own)) {
-		return 0, nil
-	}
-	return window - mine, lines
+	return delta, lines
 }
 
 // pageDelta is the change of free pages one page event makes.
-func pageDelta(name string, e ftrace.Event) (int64, bool) {
+func pageDelta(e ftrace.Event) (int64, bool) {
 	order, err := e.Uint("order")
 	if err != nil {
 		return 0, false
 	}
-	switch name {
+	switch e.Name {
 	case "mm_page_free":
 		return 1 << order, true
 	case "mm_page_alloc":
 		return -(1 << order), true
 	}
 	return 0, false
-}
-
-func ownPageEvents(own []reference.Event) []reference.Event {
-	var out []reference.Event
-	for _, e := range own {
-		if e.Name == "mm_page_alloc" || e.Name == "mm_page_free" {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 // checkSUnreclaim compares the change of unreclaimable slab bytes across
@@ -178,6 +156,13 @@ func (u *unit) errorCheck(name string, err error) {
 		Name: name, Status: report.Error, Expected: "no error", Observed: err.Error()})
 }
 
+// selection is the part of a step's trace that is one object's.
+type selection struct {
+	events  []reference.Event // in trace order, named as the model names them
+	index   map[int]bool      // the positions of those events in the trace
+	matched *ftrace.Event     // its kmalloc or kfree event, if any
+}
+
 // blockEvents picks the trace events of one object: the page events inside
 // its block and the kmalloc or kfree event that match says is its own.
 // Page events are named by offset from the head, as the model names them.
@@ -187,12 +172,12 @@ func (u *unit) errorCheck(name string, err error) {
 // longer the object's. An alloc step's own event is the first
 // mm_page_alloc at the block's head. It updates obj.held, the pages of the
 // block the object holds.
-func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.Event) bool) ([]reference.Event, *ftrace.Event) {
-	var out []reference.Event
-	var own *ftrace.Event
+func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.Event) bool) selection {
+	sel := selection{index: map[int]bool{}}
 	size := uint64(1) << obj.order
 	others := make([]bool, size) // pages someone else allocated meanwhile
 	for i, e := range all {
+		var ev reference.Event
 		switch e.Name {
 		case "mm_page_alloc", "mm_page_free":
 			if obj.slab {
@@ -205,13 +190,12 @@ func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.
 			}
 			lo, hi := pfn-obj.pfn, min(pfn-obj.pfn+1<<order, size)
 			if e.Name == "mm_page_alloc" {
-				if alloc && pfn == obj.pfn && obj.held == nil {
-					obj.held = make([]bool, size)
-					mark(obj.held, lo, hi, true)
-				} else {
+				if !alloc || pfn != obj.pfn || obj.held != nil {
 					mark(others, lo, hi, true)
 					continue
 				}
+				obj.held = make([]bool, size)
+				mark(obj.held, lo, hi, true)
 			} else {
 				if anyMarked(others, lo, hi) {
 					continue
@@ -220,23 +204,26 @@ func blockEvents(all []ftrace.Event, obj *object, alloc bool, match func(ftrace.
 					mark(obj.held, lo, hi, false)
 				}
 			}
-			out = append(out, reference.Event{Name: e.Name, Offset: lo, Order: int(order)})
+			ev = reference.Event{Name: e.Name, Offset: lo, Order: int(order)}
 		case "kmalloc", "kfree":
 			if !strings.Contains(e.Fields["call_site"], "[pageman_probe]") || !match(e) {
 				continue
 			}
-			own = &all[i]
-			ev := reference.Event{Name: e.Name}
+			sel.matched = &all[i]
+			ev = reference.Event{Name: e.Name}
 			if e.Name == "kmalloc" {
 				ev.BytesReq, _ = e.Uint("bytes_req")
 				ev.BytesAlloc, _ = e.Uint("bytes_alloc")
 				node, _ := e.Int("node")
 				ev.Node = int(node)
 			}
-			out = append(out, ev)
+		default:
+			continue
 		}
+		sel.events = append(sel.events, ev)
+		sel.index[i] = true
 	}
-	return out, own
+	return sel
 }
 
 func mark(pages []bool, lo, hi uint64, v bool) {

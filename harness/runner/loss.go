@@ -84,18 +84,14 @@ func (u *unit) consoleSilent() bool {
 
 // fault runs a fault step, then asks the guest whether it is still there.
 func (u *unit) fault(ctx context.Context, kind string) error {
-	if kind != "kill-qemu" {
-		if _, err := u.r.guest(ctx, u.s, "mark "+u.mark()); err != nil {
-			return u.lost(err)
-		}
-	}
 	switch kind {
 	case "kill-qemu":
+		u.mark() // the step's console position; QEMU goes before a marker could show
 		if err := u.s.vm.Signal(); err != nil {
 			return err
 		}
 	case "kill-ssh":
-		if _, err := u.r.guest(ctx, u.s, "kill-ssh"); err != nil {
+		if err := u.marked(ctx, "kill-ssh"); err != nil {
 			return u.lost(err)
 		}
 	case "block":

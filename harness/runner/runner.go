@@ -149,7 +149,7 @@ func Run(ctx context.Context, o Options) *report.Results {
 	}
 	res.Subject = o.Subject
 	dir := filepath.Join(o.ResultsDir, res.Run)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "steps"), 0o755); err != nil {
 		res.Error = fmt.Sprintf("results directory: %v", err)
 		res.Decide()
 		return res

@@ -233,8 +233,8 @@ func (r *run) step(ctx context.Context, s *session, mark, request string) (*obse
 	if r.rawSteps++; mark != "" {
 		// The raw observation is the evidence behind the step's checks.
 		name := fmt.Sprintf("%03d-%s.json", r.rawSteps, strings.NewReplacer("/", "-", "#", "-", " ", "").Replace(strings.TrimPrefix(mark, markPrefix)))
-		if err := os.MkdirAll(filepath.Join(r.dir, "steps"), 0o755); err == nil {
-			_ = os.WriteFile(filepath.Join(r.dir, "steps", name), out, 0o644)
+		if err := os.WriteFile(filepath.Join(r.dir, "steps", name), out, 0o644); err != nil {
+			r.o.Log.Warn("keeping the step's raw observation", "err", err)
 		}
 	}
 	return &observation{Reply: reply, Trace: raw.Trace, Kmsg: raw.Kmsg, Buddyinfo: raw.Buddyinfo, Meminfo: raw.Meminfo,

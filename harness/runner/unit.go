@@ -148,10 +148,7 @@ func (u *unit) run(ctx context.Context) error {
 // load inserts the module under test; from then on the model predicts
 // Pageman's behaviour. It reports whether the module is loaded.
 func (u *unit) load(ctx context.Context) (bool, error) {
-	_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
-	if err == nil {
-		_, err = u.r.guest(ctx, u.s, "insmod /"+guestModuleDir+"/"+u.r.module+".ko")
-	}
+	err := u.marked(ctx, "insmod /"+guestModuleDir+"/"+u.r.module+".ko")
 	if err := u.lost(err); err != nil {
 		return false, err
 	}
@@ -167,10 +164,7 @@ func (u *unit) load(ctx context.Context) (bool, error) {
 // it must refuse (each holds a reference on the module): the model says
 // whether any are.
 func (u *unit) unload(ctx context.Context) error {
-	_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
-	if err == nil {
-		_, err = u.r.guest(ctx, u.s, "rmmod "+u.r.module)
-	}
+	err := u.marked(ctx, "rmmod "+u.r.module)
 	if err := u.lost(err); err != nil {
 		return err
 	}
@@ -216,9 +210,8 @@ func (u *unit) misuse(ctx context.Context, st scenario.Step) error {
 
 // bench times allocations and frees in the guest and records the cost.
 func (u *unit) bench(ctx context.Context, st scenario.Step) error {
-	size, err := st.Size.Bytes(u.s.guest)
-	if err != nil {
-		u.errorCheck("size", err)
+	size, ok := u.bytes(st.Size)
+	if !ok {
 		return nil
 	}
 	obs, err := u.probeStep(ctx, probe.Bench(string(st.Path), size, st.Count))
@@ -240,9 +233,8 @@ const unknownHandle = 1 << 30
 
 // alloc runs an allocation step.
 func (u *unit) alloc(ctx context.Context, st scenario.Step) error {
-	size, err := st.Size.Bytes(u.s.guest)
-	if err != nil {
-		u.errorCheck("size", err)
+	size, ok := u.bytes(st.Size)
+	if !ok {
 		return nil
 	}
 	want, perr := u.model.Alloc(st.Path, size, st.Node)
@@ -275,19 +267,19 @@ func (u *unit) alloc(ctx context.Context, st scenario.Step) error {
 		return nil // allocated against the model: freed at cleanup, already failed
 	}
 	obj.model, obj.slab = want.Handle, want.Slab
-	events, kmalloc := blockEvents(obs.events, obj, true, func(e ftrace.Event) bool {
+	own := blockEvents(obs.events, obj, true, func(e ftrace.Event) bool {
 		req, err := e.Uint("bytes_req")
 		return e.Name == "kmalloc" && err == nil && req == size
 	})
-	u.checkEvents(want.Events(), events, obs.events)
+	u.checkEvents(want.Events(), own.events, obs.events)
 	if !want.Slab {
-		u.check("pages_kept", want.Kept, keptPages(events, obj.order), "2^order minus the pages freed inside the block during the step (mm_page_free)")
-		if u.checkDelta(-int64(want.Kept), obs, events) {
+		u.check("pages_kept", want.Kept, keptPages(own.events, obj.order), "2^order minus the pages freed inside the block during the step (mm_page_free)")
+		if u.checkDelta(-int64(want.Kept), obs, own) {
 			u.checkBuddyDelta(want, obs)
 		}
 		u.checkSUnreclaim(want.SUnreclaim, obs)
 	}
-	if st.Path.IsKmalloc() {
+	if kmalloc := own.matched; st.Path.IsKmalloc() {
 		if kmalloc == nil {
 			u.check("bytes_alloc", want.BytesAlloc, "no kmalloc event from the probe", traceDetail(obs.events))
 		} else {
@@ -322,11 +314,10 @@ func (u *unit) free(ctx context.Context, name string, sizeExpr scenario.Size) er
 			break
 		}
 	}
-	var size uint64
+	var size uint64 // zero: the allocation's own size
 	if !sizeExpr.IsZero() {
-		var err error
-		if size, err = sizeExpr.Bytes(u.s.guest); err != nil {
-			u.errorCheck("size", err)
+		var ok bool
+		if size, ok = u.bytes(sizeExpr); !ok {
 			return nil
 		}
 	}
@@ -343,13 +334,13 @@ func (u *unit) free(ctx context.Context, name string, sizeExpr scenario.Size) er
 		u.errorCheck("model", err)
 		return nil
 	}
-	events, _ := blockEvents(obs.events, obj, false, func(e ftrace.Event) bool {
+	own := blockEvents(obs.events, obj, false, func(e ftrace.Event) bool {
 		return e.Name == "kfree" && obj.ptr != "" && e.Fields["ptr"] == obj.ptr
 	})
-	u.checkEvents(want.Events(), events, obs.events)
+	u.checkEvents(want.Events(), own.events, obs.events)
 	if !want.Slab {
-		u.check("pages_freed", want.Pages, freedPages(events), "pages of the block freed during the step (mm_page_free)")
-		u.checkDelta(int64(want.Pages), obs, events)
+		u.check("pages_freed", want.Pages, freedPages(own.events), "pages of the block freed during the step (mm_page_free)")
+		u.checkDelta(int64(want.Pages), obs, own)
 		u.checkSUnreclaim(want.SUnreclaim, obs)
 	}
 	u.checkCounters(obs)
@@ -374,13 +365,13 @@ func (u *unit) probeStep(ctx context.Context, request string) (*stepObservation,
 		u.errorCheck("probe", err)
 		return nil, nil
 	}
-	var titles []string
+	titles := []string{}
 	for _, f := range findings.Scan(obs.Kmsg) {
 		titles = append(titles, f.Kind+": "+f.Title)
 		u.r.res.Findings = append(u.r.res.Findings, report.Finding{Kind: f.Kind, Title: f.Title,
 			Scenario: u.sc.Name, Mode: u.mode.name, Step: u.step, Context: f.Context})
 	}
-	u.check("kernel_log", []string{}, append([]string{}, titles...), strings.TrimSpace(obs.Kmsg))
+	u.check("kernel_log", []string{}, titles, strings.TrimSpace(obs.Kmsg))
 	events, err := ftrace.Parse(obs.Trace)
 	if err != nil {
 		u.errorCheck("trace", err)
@@ -395,6 +386,26 @@ func (u *unit) mark() string {
 	mark := fmt.Sprintf("%s%s/%s#%s", markPrefix, u.sc.Name, u.mode.name, strings.Fields(u.step)[0])
 	u.s.marks[mark] = stepRef{u.sc.Name, u.mode.name, u.step}
 	return mark
+}
+
+// marked writes the current step's marker to the kernel log, then runs an
+// agent command.
+func (u *unit) marked(ctx context.Context, command string) error {
+	_, err := u.r.guest(ctx, u.s, "mark "+u.mark())
+	if err == nil {
+		_, err = u.r.guest(ctx, u.s, command)
+	}
+	return err
+}
+
+// bytes evaluates a size for this guest; an error is the step's error check.
+func (u *unit) bytes(size scenario.Size) (uint64, bool) {
+	n, err := size.Bytes(u.s.guest)
+	if err != nil {
+		u.errorCheck("size", err)
+		return 0, false
+	}
+	return n, true
 }
 
 // lost turns an error that ended the guest session into errSessionLost.

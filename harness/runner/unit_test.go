@@ -3,6 +3,7 @@ package runner
 import (
 	"os"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/pageman/pageman-harness/harness/ftrace"
@@ -39,10 +40,11 @@ func TestBlockEventsOfCapturedSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 	obj := &object{pfn: reply.PFN, order: reply.Order}
-	got, kmalloc := blockEvents(events, obj, true, func(e ftrace.Event) bool {
+	sel := blockEvents(events, obj, true, func(e ftrace.Event) bool {
 		req, _ := e.Uint("bytes_req")
 		return e.Name == "kmalloc" && req == size
 	})
+	got, kmalloc := sel.events, sel.matched
 	if !reflect.DeepEqual(eventStrings(got), eventStrings(want.Events())) {
 		t.Errorf("alloc events\n got %v\nwant %v", eventStrings(got), eventStrings(want.Events()))
 	}
@@ -62,9 +64,9 @@ func TestBlockEventsOfCapturedSteps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _ = blockEvents(events, obj, false, func(e ftrace.Event) bool {
+	got = blockEvents(events, obj, false, func(e ftrace.Event) bool {
 		return e.Name == "kfree" && e.Fields["ptr"] == obj.ptr
-	})
+	}).events
 	if !reflect.DeepEqual(eventStrings(got), eventStrings(free.Events())) {
 		t.Errorf("free events\n got %v\nwant %v", eventStrings(got), eventStrings(free.Events()))
 	}
@@ -83,7 +85,7 @@ func TestBlockEventsStopAtReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _ := blockEvents(events, &object{pfn: 0x100, order: 2}, false, func(ftrace.Event) bool { return false })
+	got := blockEvents(events, &object{pfn: 0x100, order: 2}, false, func(ftrace.Event) bool { return false }).events
 	if want := []string{"mm_page_free +0 order=2"}; !reflect.DeepEqual(eventStrings(got), want) {
 		t.Errorf("got %v, want %v", eventStrings(got), want)
 	}
@@ -103,8 +105,28 @@ func TestBlockEventsKeepOwnFreesAfterTailReuse(t *testing.T) {
 	m, _ := reference.New(reference.Config{PageSize: 4096, Orders: 11, KmallocMaxCacheSize: 8192}, reference.Pageman)
 	a, _ := m.Alloc(reference.PagesExactNid, 64*4096+1, 0)
 	f, _ := m.Free(a.Handle, 0)
-	got, _ := blockEvents(events, &object{pfn: 0x2b00, order: a.Order}, false, func(ftrace.Event) bool { return false })
+	got := blockEvents(events, &object{pfn: 0x2b00, order: a.Order}, false, func(ftrace.Event) bool { return false }).events
 	if !reflect.DeepEqual(eventStrings(got), eventStrings(f.Events())) {
 		t.Errorf("got %v, want the model's %v", eventStrings(got), eventStrings(f.Events()))
+	}
+}
+
+// Only the page events between the probe's count marks that are not the
+// object's own are counted as other kernel code's, and only they are listed.
+func TestForeignDeltaCountsOnlyOthersEvents(t *testing.T) {
+	events, err := ftrace.Parse(` a-1 [000] ..... 1.0: kfree: call_site=probe_write+0x1/0x2 [pageman_probe] ptr=0000000000000000
+ a-1 [000] ..... 1.1: mm_page_alloc: page=x pfn=0x100 order=3 migratetype=0 gfp_flags=GFP_KERNEL
+ a-1 [000] ..s.. 1.2: mm_page_alloc: page=x pfn=0x900 order=0 migratetype=0 gfp_flags=GFP_ATOMIC
+ a-1 [000] ..... 1.3: mm_page_free: page=x pfn=0x106 order=1
+ a-1 [000] ..... 1.4: kfree: call_site=probe_write+0x3/0x4 [pageman_probe] ptr=0000000000000000
+ a-1 [000] ..s.. 1.5: mm_page_free: page=x pfn=0x901 order=0
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := blockEvents(events, &object{pfn: 0x100, order: 3}, true, func(ftrace.Event) bool { return false })
+	delta, lines := foreignDelta(events, own)
+	if delta != -1 || len(lines) != 1 || !strings.Contains(lines[0], "pfn=0x900") {
+		t.Errorf("foreign delta %d, lines %q; want -1 from the one GFP_ATOMIC page inside the marks", delta, lines)
 	}
 }

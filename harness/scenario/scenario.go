@@ -304,6 +304,15 @@ func track(live map[string]int, s Step) error {
 	return nil
 }
 
+func parsePathSize(path, size string) (reference.Path, Size, error) {
+	p, err := reference.ParsePath(path)
+	if err != nil {
+		return "", Size{}, err
+	}
+	sz, err := ParseSize(size)
+	return p, sz, err
+}
+
 func parseStep(f []string) (Step, error) {
 	s := Step{Op: Op(f[0]), Node: reference.NoNode}
 	switch s.Op {
@@ -312,10 +321,7 @@ func parseStep(f []string) (Step, error) {
 			return s, fmt.Errorf("want: alloc NAME PATH SIZE [node=N]")
 		}
 		var err error
-		if s.Path, err = reference.ParsePath(f[2]); err != nil {
-			return s, err
-		}
-		if s.Size, err = ParseSize(f[3]); err != nil {
+		if s.Path, s.Size, err = parsePathSize(f[2], f[3]); err != nil {
 			return s, err
 		}
 		for _, opt := range f[4:] {
@@ -360,10 +366,7 @@ func parseStep(f []string) (Step, error) {
 			return s, fmt.Errorf("want: bench PATH SIZE COUNT")
 		}
 		var err error
-		if s.Path, err = reference.ParsePath(f[1]); err != nil {
-			return s, err
-		}
-		if s.Size, err = ParseSize(f[2]); err != nil {
+		if s.Path, s.Size, err = parsePathSize(f[1], f[2]); err != nil {
 			return s, err
 		}
 		if s.Count, err = strconv.Atoi(f[3]); err != nil || s.Count < 1 || s.Count > 1000000 {
