@@ -3,6 +3,7 @@ package reference
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -170,10 +171,8 @@ func SplitDelta(orders, n, k int) []int64 {
 // gives back, so both behaviours predict the same per-order change.
 func AllocDelta(orders int, a Alloc, k int) []int64 {
 	d := SplitDelta(orders, a.Order, k)
-	for _, b := range FitAndFree(a.Order, a.Kept) {
-		if a.Kept < 1<<a.Order {
-			d[b.Order]++
-		}
+	for _, b := range FitAndFree(a.Order, a.Kept) { // none when all is kept
+		d[b.Order]++
 	}
 	return d
 }
@@ -182,21 +181,9 @@ func AllocDelta(orders int, a Alloc, k int) []int64 {
 // change of free blocks per order is one AllocDelta allows.
 func ExplainAlloc(delta []int64, a Alloc) (int, bool) {
 	for k := a.Order; k < len(delta); k++ {
-		if equal(AllocDelta(len(delta), a, k), delta) {
+		if slices.Equal(AllocDelta(len(delta), a, k), delta) {
 			return k, true
 		}
 	}
 	return 0, false
-}
-
-func equal(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -140,12 +140,12 @@ func (e Event) String() string {
 // block taken, the blocks given back, then (kmalloc paths) the kmalloc
 // event, which the kernel emits once the allocator has returned.
 func (a Alloc) Events() []Event {
-	if a.Slab {
-		return []Event{{Name: "kmalloc", BytesReq: a.Size, BytesAlloc: a.BytesAlloc, Node: a.Node}}
-	}
-	ev := []Event{{Name: "mm_page_alloc", Order: a.Order}}
-	for _, b := range a.Freed {
-		ev = append(ev, Event{Name: "mm_page_free", Offset: b.Offset, Order: b.Order})
+	var ev []Event
+	if !a.Slab { // a slab object has no block of its own
+		ev = append(ev, Event{Name: "mm_page_alloc", Order: a.Order})
+		for _, b := range a.Freed {
+			ev = append(ev, Event{Name: "mm_page_free", Offset: b.Offset, Order: b.Order})
+		}
 	}
 	if a.Path.IsKmalloc() {
 		ev = append(ev, Event{Name: "kmalloc", BytesReq: a.Size, BytesAlloc: a.BytesAlloc, Node: a.Node})

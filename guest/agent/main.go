@@ -19,9 +19,8 @@
 //	mark TEXT         write TEXT to the kernel log (/dev/kmsg)
 //	kill-ssh          stop serving SSH, as if the server died (for the
 //	                  harness's own tests)
-//	poweroff          power the guest off
 //
-// Anything else is run as a program, its words split on spaces.
+// Anything else is an error: the harness is the agent's only client.
 package main
 
 import (
@@ -34,7 +33,6 @@ import (
 	"log"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -290,11 +288,9 @@ func execute(command string, stdout, stderr io.Writer) int {
 		err = logMark(rest)
 	case "kill-ssh":
 		server.kill() // this command's own connection too: no reply
-	case "poweroff":
-		unix.Sync()
-		err = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	default:
-		return runProgram(strings.Fields(command), stdout, stderr)
+		fmt.Fprintf(stderr, "unknown command %q\n", verb)
+		return 127
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", verb, err)
@@ -310,26 +306,6 @@ func insmod(file, params string) error {
 	}
 	defer f.Close()
 	return unix.FinitModule(int(f.Fd()), params, 0)
-}
-
-func runProgram(argv []string, stdout, stderr io.Writer) int {
-	if len(argv) == 0 {
-		fmt.Fprintln(stderr, "empty command")
-		return 127
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	err := cmd.Run()
-	var exitErr *exec.ExitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &exitErr):
-		return exitErr.ExitCode()
-	default:
-		fmt.Fprintln(stderr, err)
-		return 127
-	}
 }
 
 // readFiles prints the files as one JSON object; a file that cannot be
