@@ -150,6 +150,17 @@ static const struct pageman_ops pageman_ops = {
 	.kept = pageman_kept_pages,
 };
 
+/* Records in the store, counted there: a record left behind shows. */
+static unsigned long records_stored(void)
+{
+	unsigned long index, n = 0;
+	void *entry;
+
+	xa_for_each(&records, index, entry)
+		n++;
+	return n;
+}
+
 static int pageman_stats_show(struct seq_file *m, void *v)
 {
 	seq_printf(m, "fitted_allocs %ld\n", atomic_long_read(&fitted_allocs));
@@ -157,6 +168,7 @@ static int pageman_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "live %ld\n", atomic_long_read(&live));
 	seq_printf(m, "pages_kept %ld\n", atomic_long_read(&pages_kept));
 	seq_printf(m, "pages_saved %ld\n", atomic_long_read(&pages_saved));
+	seq_printf(m, "records %lu\n", records_stored());
 	return 0;
 }
 
