@@ -108,7 +108,7 @@ func TestNoQEMUSurvivesTheHarness(t *testing.T) {
 			}
 			// Once the guest probes, the harness's QEMU child is the guest's
 			// (before, it may be the short KVM trial).
-			waitForFile(t, out, "steps", 20*time.Minute) // a cold cache builds first
+			waitForFile(t, out, "steps/*.json", 20*time.Minute) // a cold cache builds first
 			qemu := waitForChild(t, cmd.Process.Pid, "qemu-system", time.Minute)
 			checkLoopbackOnly(t, qemu)
 			if err := cmd.Process.Signal(sig); err != nil {
